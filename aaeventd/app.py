@@ -1,0 +1,697 @@
+"""The composition root: builds the daemon from a :class:`~aaeventd.config.Config`.
+
+Owns the start and stop order, the one ``asyncio.TaskGroup`` of background tasks
+(confirmation deadlines, journal fsync, watchdog, status), signals (SIGTERM/SIGINT
+stop, SIGHUP reload), and is the one place that executes the hub's effects: journal
+first, then the single INFO log line, the fan-out to clients, and the replies to
+sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aaeventd import SERVER_NAME, __version__
+from aaeventd.config import (
+    Config,
+    changed_restart_keys,
+    load_config,
+    resolve_journal_dir,
+    resolve_socket_path,
+    resolve_token_file,
+    with_restart_keys_from,
+)
+from aaeventd.errors import ConfigError, StartupError
+from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, Stamped, ToSource
+from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
+from aaeventd.journal import Journal, new_epoch
+from aaeventd.logsetup import configure_logging, redact, redact_set
+from aaeventd.metrics import Metric, render_metrics
+from aaeventd.notify import Notifier, listen_fds
+from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
+from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseTimer, ResumeTimer
+from aaeventd.protocol.filters import TypeFilter
+from aaeventd.tokens import load_or_create_token
+from aaeventd.web import AccessSettings, HttpFront
+from aaeventd.wsserver import ClientSession, StreamSettings, WsServer
+
+log = logging.getLogger(__name__)
+events_log = logging.getLogger("aaeventd.events")
+audit_log = logging.getLogger("aaeventd.audit")
+
+STATUS_MIN_INTERVAL = 1.0
+JOURNAL_SYNC_INTERVAL = 1.0
+
+
+@dataclass
+class Counters:
+    """What ``/metrics`` and ``STATUS=`` report beyond the components' own counters."""
+
+    events_in: int = 0
+    journal_errors: int = 0
+    last_error: str | None = None
+    started_wall: float = field(default_factory=time.time)
+
+
+class Daemon:
+    """One running aaeventd.  ``await run()`` until :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env: dict[str, str] = dict(os.environ if env is None else env)
+        self.ready = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.counters = Counters()
+        self.socket_path: Path | None = None
+        self.journal: Journal | None = None
+        self._stop = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._batch: list[Broadcast] = []
+        self._redact = redact_set(config.logging.redact_fields)
+        self._status_text = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.notifier = Notifier(self.env)
+        self.hub = Hub(epoch="", limits=_hub_limits(config))
+        self.ingest = IngestServer(_ingest_settings(config), self)
+        self.access = AccessSettings()
+        self._apply_access(config)
+        self.front = HttpFront(self.access, self)
+        ws = config.websocket
+        self.ws = WsServer(
+            StreamSettings(slow_client_buffer_bytes=ws.slow_client_buffer_bytes),
+            self,
+            self.front,
+            max_message_bytes=ws.max_message_bytes,
+            ping_interval=ws.ping_interval_seconds,
+            ping_timeout=ws.ping_timeout_seconds,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def ws_port(self) -> int:
+        return self.ws.port
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, install_signals: bool = False) -> None:
+        """Start, serve until asked to stop, then shut down cleanly.
+
+        Raises:
+            StartupError: a socket or the journal cannot be set up.
+        """
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._open_journal()
+        inherited = listen_fds(self.env)
+        try:
+            self.socket_path = resolve_socket_path(cfg, self.env)
+            await self.ingest.start(path=self.socket_path, sock=inherited.pop("events", None))
+            if self.ingest.path is not None:
+                self.socket_path = self.ingest.path
+            ws_sock = inherited.pop("websocket", None)
+            try:
+                await self.ws.start(host=cfg.websocket.host, port=cfg.websocket.port, sock=ws_sock)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {cfg.websocket.host}:{cfg.websocket.port}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            self.access.set_port(self.ws.port)
+            for name, sock in inherited.items():
+                log.warning("ignoring inherited socket %r (expected events, websocket)", name)
+                sock.close()
+            if install_signals:
+                self._install_signals()
+            log.info(
+                "aaeventd %s ready: sources on %s, clients on ws://%s:%d/ (epoch %s, seq %d)",
+                __version__,
+                self.socket_path,
+                cfg.websocket.host,
+                self.ws.port,
+                self.hub.epoch,
+                self.hub.last_seq,
+            )
+            self.notifier.ready(self._status_line())
+            self.ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._deadlines())
+                tasks.create_task(self._housekeeping())
+                if self.notifier.watchdog_interval:
+                    tasks.create_task(self._watchdog(self.notifier.watchdog_interval))
+                await self._stop.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            await self._shutdown()
+
+    def _open_journal(self) -> None:
+        cfg = self.config.journal
+        if not cfg.enabled:
+            self.hub.epoch = new_epoch()
+            return
+        directory = resolve_journal_dir(self.config, self.env)
+        self.journal = Journal(
+            directory,
+            max_file_bytes=cfg.max_file_bytes,
+            max_files=cfg.max_files,
+            fsync=cfg.fsync,
+        )
+        try:
+            state = self.journal.open()
+        except OSError as exc:
+            raise StartupError(f"cannot open the journal in {directory}: {exc}") from exc
+        self.hub = Hub(epoch=state.epoch, last_seq=state.last_seq, limits=self.hub.limits)
+        log.info(
+            "journal %s: epoch %s, resuming after seq %d", directory, state.epoch, state.last_seq
+        )
+
+    async def _shutdown(self) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        await self.ingest.stop_accepting()
+        self._execute(self.hub.shutdown(time.time(), self._now()))
+        await self.ingest.close()
+        await self.ws.close()
+        if self.journal is not None:
+            self.journal.close()
+        self.stopped.set()
+        log.info("stopped after %d events", self.counters.events_in)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _now(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
+
+    # -- background tasks --------------------------------------------------------
+
+    async def _deadlines(self) -> None:
+        """Expire confirmations (and end long pauses) when their time comes."""
+        while True:
+            self._wakeup.clear()
+            deadline = self.hub.next_deadline()
+            if deadline is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await self._wakeup.wait()
+            self._execute(self.hub.expire_due(time.time(), self._now()))
+
+    async def _housekeeping(self) -> None:
+        """Once a second: journal fsync (policy ``interval``) and ``STATUS=``."""
+        while True:
+            await asyncio.sleep(JOURNAL_SYNC_INTERVAL)
+            journal = self.journal
+            if journal is not None and journal.fsync == "interval":
+                try:
+                    journal.sync()
+                except OSError as exc:
+                    self._journal_failed(exc)
+            status = self._status_line()
+            if status != self._status_text:
+                self._status_text = status
+                self.notifier.status(status)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Sent from the event loop itself: a blocked loop stops the pings.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _status_line(self) -> str:
+        text = (
+            f"{len(self.ws.sessions)} clients, {len(self.ingest.sources)} sources, "
+            f"{self.counters.events_in} events, seq {self.hub.last_seq}"
+        )
+        if self.counters.last_error:
+            text += f"; last error: {self.counters.last_error}"
+        return text
+
+    # -- reload (SIGHUP) ---------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the config again and apply what can change live."""
+        self.notifier.reloading()
+        try:
+            new, _ = load_config(self.config_path, env=self.env)
+        except ConfigError as exc:
+            self.counters.last_error = f"reload failed: {exc}"
+            log.error("reload failed, keeping the old config: %s", exc)
+            self.notifier.ready(self._status_line())
+            return
+        for key in changed_restart_keys(self.config, new):
+            log.warning("reload: %s changed; it takes effect only after a restart", key)
+        new = with_restart_keys_from(self.config, new)
+        self.apply_config(new)
+        log.info("configuration reloaded")
+        self.notifier.ready(self._status_line())
+
+    def apply_config(self, new: Config) -> None:
+        """Apply live-reloadable settings (everything but sockets)."""
+        self.config = new
+        configure_logging(new.logging.level, new.logging.format)
+        self._redact = redact_set(new.logging.redact_fields)
+        self.hub.set_limits(_hub_limits(new))
+        fresh = _ingest_settings(new)
+        settings = self.ingest.settings
+        for name in fresh.__dataclass_fields__:
+            setattr(settings, name, getattr(fresh, name))
+        self._apply_access(new)
+        self.ws.settings.slow_client_buffer_bytes = new.websocket.slow_client_buffer_bytes
+        if self.journal is not None:
+            self.journal.max_file_bytes = new.journal.max_file_bytes
+            self.journal.max_files = new.journal.max_files
+            self.journal.fsync = new.journal.fsync
+        self._wakeup.set()
+
+    def _apply_access(self, cfg: Config) -> None:
+        access = self.access
+        access.allowed_origins = tuple(cfg.websocket.allowed_origins)
+        access.allow_remote = cfg.websocket.allow_remote
+        access.max_clients = cfg.websocket.max_clients
+        token_file = resolve_token_file(cfg)
+        access.token = load_or_create_token(token_file) if token_file is not None else None
+
+    # -- effects -----------------------------------------------------------------
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Broadcast):
+                self._batch.append(effect)
+            else:
+                self._to_source(effect)
+        self.flush()
+
+    def _to_source(self, effect: ToSource) -> None:
+        source = self.ingest.sources.get(effect.source)
+        if source is None:
+            return
+        source.reply(effect.message)
+        if source.half_closed and self.hub.pending_for(source.id) == 0:
+            source.close()
+
+    def flush(self) -> None:
+        """Journal the batch, log it, hand it to the clients, then ack the sources."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        stamped = [b.stamped for b in batch]
+        if self.journal is not None:
+            self._journal_append(stamped)
+        delivered = self.ws.fan_out(stamped)
+        sources = self.ingest.sources
+        log_info = events_log.isEnabledFor(logging.INFO)
+        for item, count in zip(batch, delivered, strict=True):
+            source = sources.get(item.source) if item.source is not None else None
+            if log_info:
+                self._log_event(item.stamped, source, count)
+            if item.ack_to is not None and source is not None:
+                ack: dict[str, Any] = {"type": "ack", "seq": item.stamped.seq, "delivered": count}
+                if item.ack_extra:
+                    ack.update(item.ack_extra)
+                source.reply(ack)
+        self.counters.events_in += len(batch)
+
+    def _journal_append(self, stamped: list[Stamped]) -> None:
+        assert self.journal is not None
+        parts: list[bytes | memoryview] = []
+        for s in stamped:
+            parts.append(s.payload)
+            parts.append(b"\n")
+        try:
+            self.journal.append(b"".join(parts), stamped[0].seq)
+        except OSError as exc:
+            # Availability over durability: live clients still get the events.
+            self._journal_failed(exc)
+
+    def _journal_failed(self, exc: OSError) -> None:
+        self.counters.journal_errors += 1
+        self.counters.last_error = f"journal: {exc.strerror or exc}"
+        log.error("journal write failed: %s", exc)
+
+    def _log_event(self, stamped: Stamped, source: SourceConnection | None, delivered: int) -> None:
+        event = stamped.event
+        hidden = self._redact
+        skill = event.get("skill_name", event.get("skill_id"))
+        step = event.get("step_name")
+        if skill is not None and ("skill_name" in hidden or "skill_id" in hidden):
+            skill = "***"
+        if step is not None and "step_name" in hidden:
+            step = "***"
+        events_log.info(
+            "event seq=%d type=%s pid=%s skill=%s step=%s delivered=%d",
+            stamped.seq,
+            stamped.type,
+            source.pid if source is not None else "-",
+            skill if skill is not None else "-",
+            step if step is not None else "-",
+            delivered,
+        )
+        if events_log.isEnabledFor(logging.DEBUG):
+            events_log.debug(
+                "event seq=%d payload=%s",
+                stamped.seq,
+                json.dumps(redact(event, hidden), ensure_ascii=False),
+            )
+
+    # -- EventSink (ingest) ------------------------------------------------------
+
+    def submit(self, source: SourceConnection, event: dict[str, Any], event_type: str) -> None:
+        effects = self.hub.accept(
+            event,
+            event_type,
+            source=source.id,
+            wants_ack=source.wants_ack,
+            wall=time.time(),
+            now=self._now(),
+        )
+        self._batch.extend(e for e in effects if isinstance(e, Broadcast))
+        if event_type == "confirmation_required":
+            self._wakeup.set()
+
+    def last_seq(self) -> int:
+        return self.hub.last_seq
+
+    def source_closed(self, source: SourceConnection) -> None:
+        self._execute(self.hub.source_gone(source.id, time.time(), self._now()))
+
+    def keep_open_after_eof(self, source: SourceConnection) -> bool:
+        return self.hub.pending_for(source.id) > 0
+
+    # -- ClientSink (wsserver) ---------------------------------------------------
+
+    def open_stream(
+        self, session: ClientSession, since: int | None, epoch: str | None
+    ) -> list[bytes]:
+        hub = self.hub
+        frames = [ws_text_frame(encode_json(hub.connected(self._now())))]
+        if since is None:
+            return frames
+        if epoch is not None and epoch != hub.epoch:
+            frames.append(_control_frame(_gap("epoch_changed", None, None)))
+            return frames
+        replay = hub.replay_since(since)
+        matches = session.filter.matches
+        if replay.gap is not None:
+            frames.extend(self._replay_from_journal(replay.gap, session.filter))
+        frames.extend(s.frame for s in replay.events if matches(s.type))
+        return frames
+
+    def _replay_from_journal(self, gap: tuple[int, int], type_filter: TypeFilter) -> list[bytes]:
+        """Frames for the seqs in ``gap`` read from the journal.
+
+        What the journal no longer has either is announced first by a ``replay_gap``.
+        """
+        first, last = gap
+        frames: list[bytes] = []
+        found: int | None = None
+        if self.journal is not None:
+            for line in self.journal.read_since(first - 1):
+                obj = json.loads(line)
+                seq = obj.get("seq")
+                if not isinstance(seq, int) or seq > last:
+                    break
+                if found is None:
+                    found = seq
+                if type_filter.matches(str(obj.get("type"))):
+                    frames.append(ws_text_frame(bytes(line)))
+        missing_to = last if found is None else found - 1
+        if missing_to >= first:
+            frames.insert(0, _control_frame(_gap("evicted", first, missing_to)))
+        return frames
+
+    def client_message(self, session: ClientSession, message: ClientMessage) -> None:
+        now = self._now()
+        if isinstance(message, ConfirmationResponse):
+            pending = next((p for p in self.hub.iter_pending() if p.id == message.id), None)
+            effects = self.hub.answer(
+                message, client=session.id, user_agent=session.user_agent, wall=time.time(), now=now
+            )
+            prompt = pending.info.get("prompt") if pending else None
+            audit_log.info(
+                "confirmation %s answered %r (remember=%s) by client %s (%s) for prompt %r",
+                message.id,
+                message.response,
+                message.remember,
+                session.id,
+                session.user_agent,
+                prompt,
+            )
+            self._execute(effects)
+        elif isinstance(message, PauseTimer):
+            self.hub.pause(message.id, now)
+        elif isinstance(message, ResumeTimer):
+            self.hub.resume(message.id, now)
+        else:  # pragma: no cover - the WebSocket side answers heartbeat and subscribe
+            raise AssertionError(f"unexpected client message {message!r}")
+        self._wakeup.set()
+
+    def client_closed(self, session: ClientSession) -> None:
+        """Nothing to clean up in the hub: answers are not tied to a client."""
+
+    # -- StatusSource (web) ------------------------------------------------------
+
+    def client_count(self) -> int:
+        return len(self.ws.sessions)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "server": SERVER_NAME,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.counters.started_wall, 3),
+            "epoch": self.hub.epoch,
+            "seq": self.hub.last_seq,
+            "clients": len(self.ws.sessions),
+            "sources": len(self.ingest.sources),
+            "pending_confirmations": self.hub.pending_count,
+            "running_skills": len(self.hub.running_skills(self._now())),
+            "port": self.ws.port,
+            "socket_path": str(self.socket_path) if self.socket_path else None,
+            "journal": str(self.journal.directory) if self.journal else None,
+            "last_error": self.counters.last_error,
+        }
+
+    def clients_view(self) -> dict[str, Any]:
+        now = self._now()
+        wall = time.time()
+        clients = [
+            {
+                "id": s.id,
+                "address": s.address,
+                "user_agent": s.user_agent,
+                "filter": list(s.filter.globs),
+                "connected_since": rfc3339_utc(wall - (now - s.connected_at)),
+                "frames_sent": s.frames_sent,
+                "backlog_bytes": s.backlog,
+            }
+            for s in self.ws.sessions.values()
+        ]
+        sources = [
+            {
+                "id": src.id,
+                "pid": src.pid,
+                "uid": src.uid,
+                "executable": _proc_exe(src.pid),
+                "unit": _proc_unit(src.pid),
+                "name": src.name,
+                "connected_since": rfc3339_utc(wall - (now - src.connected_at)),
+                "events_accepted": src.events_accepted,
+                "errors": src.errors,
+                "dropped_replies": src.dropped_replies,
+            }
+            for src in self.ingest.sources.values()
+        ]
+        return {"clients": clients, "sources": sources}
+
+    def metrics_text(self) -> str:
+        return render_metrics(self.metric_samples())
+
+    def metric_samples(self) -> list[Metric]:
+        hub, ingest, ws = self.hub, self.ingest, self.ws
+        return [
+            Metric(
+                "events_in_total",
+                "counter",
+                "Events accepted from sources.",
+                value=self.counters.events_in,
+            ),
+            Metric(
+                "events_out_total",
+                "counter",
+                "Events broadcast, by type.",
+                labelled={(("type", t),): n for t, n in hub.stats.by_type.items()},
+            ),
+            Metric(
+                "events_rejected_total",
+                "counter",
+                "Source lines rejected, by error code.",
+                labelled={(("code", c),): n for c, n in ingest.rejected.items()},
+            ),
+            Metric("clients", "gauge", "Connected WebSocket clients.", value=len(ws.sessions)),
+            Metric("sources", "gauge", "Connected sources.", value=len(ingest.sources)),
+            Metric(
+                "source_refusals_total",
+                "counter",
+                "Source connections refused.",
+                labelled={
+                    (("reason", "forbidden"),): ingest.refused_forbidden,
+                    (("reason", "overloaded"),): ingest.refused_overloaded,
+                },
+            ),
+            Metric(
+                "http_refusals_total",
+                "counter",
+                "HTTP requests refused, by status.",
+                labelled={(("status", str(k)),): v for k, v in self.front.refused.items()},
+            ),
+            Metric(
+                "dropped_replies_total",
+                "counter",
+                "Replies dropped for sources that do not read them.",
+                value=ingest.dropped_replies,
+            ),
+            Metric(
+                "slow_client_disconnects_total",
+                "counter",
+                "Clients closed with 1013 slow consumer.",
+                value=ws.slow_closes,
+            ),
+            Metric(
+                "client_messages_total",
+                "counter",
+                "Messages received from clients.",
+                value=ws.messages_in,
+            ),
+            Metric(
+                "pending_confirmations",
+                "gauge",
+                "Confirmations awaiting an answer.",
+                value=hub.pending_count,
+            ),
+            Metric(
+                "confirmations_answered_total",
+                "counter",
+                "Confirmations answered.",
+                value=hub.stats.confirmations_answered,
+            ),
+            Metric(
+                "confirmations_expired_total",
+                "counter",
+                "Confirmations expired.",
+                value=hub.stats.confirmations_expired,
+            ),
+            Metric(
+                "journal_bytes_total",
+                "counter",
+                "Bytes appended to the journal.",
+                value=self.journal.bytes_written if self.journal else 0,
+            ),
+            Metric(
+                "journal_errors_total",
+                "counter",
+                "Journal writes that failed.",
+                value=self.counters.journal_errors,
+            ),
+            Metric("seq", "gauge", "The last seq broadcast.", value=hub.last_seq),
+            Metric(
+                "uptime_seconds",
+                "gauge",
+                "Seconds since the daemon started.",
+                value=round(time.time() - self.counters.started_wall, 3),
+            ),
+        ]
+
+
+class _Stop(Exception):
+    """Raised inside the task group to cancel the background tasks on stop."""
+
+
+def _control_frame(message: dict[str, Any]) -> bytes:
+    return ws_text_frame(encode_json(message))
+
+
+def _gap(reason: str, first: int | None, last: int | None) -> dict[str, Any]:
+    return {"type": "replay_gap", "reason": reason, "from": first, "to": last}
+
+
+def _hub_limits(cfg: Config) -> HubLimits:
+    return HubLimits(
+        replay_buffer=cfg.events.replay_buffer,
+        default_timeout_seconds=cfg.confirmations.default_timeout_seconds,
+        max_pause_seconds=cfg.confirmations.max_pause_seconds,
+    )
+
+
+def _ingest_settings(cfg: Config) -> IngestSettings:
+    return IngestSettings(
+        max_line_bytes=cfg.sources.max_line_bytes,
+        max_connections=cfg.sources.max_connections,
+        allowed_uids=frozenset(cfg.sources.allowed_uids),
+        allow_unknown_types=cfg.events.allow_unknown_types,
+        max_timeout_seconds=cfg.confirmations.max_timeout_seconds,
+    )
+
+
+def _proc_exe(pid: int | None) -> str | None:
+    if pid is None:
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _proc_unit(pid: int | None) -> str | None:
+    """The systemd unit of a process, from the last path element of its cgroup."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.rpartition(":")[2]
+        for part in reversed(path.split("/")):
+            if part.endswith((".service", ".scope")):
+                return part
+    return None
+
+
+async def serve(config: Config, *, config_path: str | None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
+    configure_logging(config.logging.level, config.logging.format)
+    daemon = Daemon(config, config_path=config_path)
+    try:
+        await daemon.run(install_signals=True)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

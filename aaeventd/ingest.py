@@ -1,0 +1,364 @@
+"""The sources' side: the Unix domain socket server (PROTOCOL §1).
+
+Owns: creating the socket (directory 0700, socket 0600, stale-socket rules),
+peer credentials (``SO_PEERCRED``) and the uid check, the connection limit, framing
+(via the sans-I/O :class:`~aaeventd.protocol.framer.LineFramer`), parsing and
+validating each line, ``hello``/``welcome``, error replies with line numbers, and a
+bounded reply buffer per source.
+
+Accepted events go to an :class:`EventSink` (the app), which stamps, journals and
+broadcasts them; this module never sees the hub, the journal or a WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aaeventd import SERVER_NAME, __version__
+from aaeventd.errors import StartupError
+from aaeventd.protocol.codec import decode_object, encode_json
+from aaeventd.protocol.errors import ErrorCode, ProtocolError
+from aaeventd.protocol.events import validate_event
+from aaeventd.protocol.framer import LineFramer, TooLong
+
+log = logging.getLogger(__name__)
+
+# Replies queued for a source that does not read them are dropped past this many bytes.
+REPLY_BUFFER_LIMIT = 1 << 20
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(slots=True)
+class IngestSettings:
+    """Live-reloadable settings of the source side."""
+
+    max_line_bytes: int = 1 << 20
+    max_connections: int = 64
+    allowed_uids: frozenset[int] = frozenset()
+    allow_unknown_types: bool = True
+    max_timeout_seconds: float = 3600.0
+
+
+class EventSink(Protocol):
+    """What the ingest side hands accepted events to (implemented by the app)."""
+
+    def submit(self, source: SourceConnection, event: dict[str, Any], event_type: str) -> None:
+        """Take one validated event; raise ProtocolError to refuse it."""
+
+    def flush(self) -> None:
+        """Journal and broadcast everything submitted so far, then send acks."""
+
+    def last_seq(self) -> int:
+        """The last seq broadcast so far."""
+
+    def source_closed(self, source: SourceConnection) -> None:
+        """The source's connection is gone."""
+
+    def keep_open_after_eof(self, source: SourceConnection) -> bool:
+        """Whether a source that closed its write side still awaits an answer."""
+
+
+class SourceConnection(asyncio.Protocol):
+    """One source on the Unix socket: framing, validation and replies."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, server: IngestServer) -> None:
+        self.server = server
+        self.id = next(self._ids)
+        self.pid: int | None = None
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.name: str | None = None
+        self.wants_ack = False
+        self.connected_at = 0.0
+        self.events_accepted = 0
+        self.errors = 0
+        self.dropped_replies = 0
+        self.half_closed = False
+        self.transport: asyncio.Transport | None = None
+        self._framer = LineFramer(server.settings.max_line_bytes)
+        self._greeted = False
+        self._closed = False
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
+            log, {"source": self.id}
+        )
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connected_at = asyncio.get_running_loop().time()
+        sock = transport.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            self.pid, self.uid, self.gid = _UCRED.unpack(creds)
+        except OSError as exc:  # pragma: no cover - AF_UNIX always has SO_PEERCRED
+            self.log.warning("cannot read peer credentials: %s", exc)
+        self.log = logging.LoggerAdapter(log, {"source": self.id, "pid": self.pid, "uid": self.uid})
+        server = self.server
+        if not server.uid_allowed(self.uid):
+            server.refused_forbidden += 1
+            self.log.warning("source refused: uid %s is not allowed (pid %s)", self.uid, self.pid)
+            self._send_error(ErrorCode.FORBIDDEN, f"uid {self.uid} may not send events", None)
+            self._close()
+            return
+        if len(server.sources) >= server.settings.max_connections:
+            server.refused_overloaded += 1
+            self.log.warning(
+                "source refused: %d sources connected (max_connections)", len(server.sources)
+            )
+            self._send_error(
+                ErrorCode.OVERLOADED,
+                f"too many sources (max_connections={server.settings.max_connections})",
+                None,
+            )
+            self._close()
+            return
+        server.sources[self.id] = self
+        self.log.info("source connected: pid=%s uid=%s", self.pid, self.uid)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._framer.max_line_bytes = self.server.settings.max_line_bytes
+        self._process(self._framer.feed(data))
+
+    def eof_received(self) -> bool:
+        if not self._closed:
+            self._process(self._framer.eof())
+        self.half_closed = True
+        # Keep the write side open while a confirmation of ours still waits for its
+        # answer; the app closes us once it has been delivered.
+        return self.server.sink.keep_open_after_eof(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self.server.sources.pop(self.id, None) is not None:
+            self.log.info(
+                "source disconnected: %d events, %d errors, %d replies dropped",
+                self.events_accepted,
+                self.errors,
+                self.dropped_replies,
+            )
+            self.server.sink.source_closed(self)
+
+    # -- lines -------------------------------------------------------------------
+
+    def _process(self, items: list[Any]) -> None:
+        sink = self.server.sink
+        settings = self.server.settings
+        for item in items:
+            number = item.number
+            try:
+                if isinstance(item, TooLong):
+                    raise ProtocolError(
+                        ErrorCode.LINE_TOO_LONG,
+                        f"line {number} is longer than {item.limit} bytes; discarded",
+                    )
+                event = decode_object(item.data)
+                event_type: str = event["type"]
+                if not self._greeted:
+                    self._greeted = True
+                    if event_type == "hello":
+                        self._hello(event)
+                        continue
+                validate_event(
+                    event,
+                    allow_unknown_types=settings.allow_unknown_types,
+                    max_timeout_seconds=settings.max_timeout_seconds,
+                )
+                sink.submit(self, event, event_type)
+                self.events_accepted += 1
+            except ProtocolError as exc:
+                self._greeted = True
+                # Acks of the lines before this one go out first: replies stay in order.
+                sink.flush()
+                self.errors += 1
+                self.server.rejected[exc.code] = self.server.rejected.get(exc.code, 0) + 1
+                self.log.warning("line %d rejected: %s: %s", number, exc.code, exc.message)
+                self._send_error(exc.code, exc.message, number, exc.details)
+        sink.flush()
+
+    def _hello(self, event: dict[str, Any]) -> None:
+        name = event.get("name")
+        acks = event.get("acks", False)
+        details = []
+        if name is not None and not isinstance(name, str):
+            details.append({"loc": ["name"], "msg": "Input should be a valid string"})
+        if not isinstance(acks, bool):
+            details.append({"loc": ["acks"], "msg": "Input should be a valid boolean"})
+        if details:
+            raise ProtocolError(
+                ErrorCode.INVALID_EVENT,
+                f"hello: {details[0]['loc'][0]}: {details[0]['msg']}",
+                details=details,
+            )
+        self.name = name
+        self.wants_ack = acks
+        self.log.info("hello from %r (acks=%s)", name, acks)
+        self.reply(
+            {
+                "type": "welcome",
+                "server": SERVER_NAME,
+                "version": __version__,
+                "seq": self.server.sink.last_seq(),
+            }
+        )
+
+    # -- replies -----------------------------------------------------------------
+
+    def reply(self, message: dict[str, Any]) -> None:
+        """Write one NDJSON line; dropped (and counted) when the source does not read."""
+        self.write_line(encode_json(message))
+
+    def write_line(self, payload: bytes | memoryview) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > REPLY_BUFFER_LIMIT:
+            self.dropped_replies += 1
+            self.server.dropped_replies += 1
+            if self.dropped_replies == 1:
+                self.log.warning("source does not read its replies; dropping them")
+            return
+        transport.write(bytes(payload) + b"\n")
+
+    def _send_error(
+        self,
+        code: ErrorCode,
+        message: str,
+        line: int | None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        reply: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
+        if line is not None:
+            reply["line"] = line
+        if details is not None:
+            reply["details"] = details
+        self.reply(reply)
+
+    def _close(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close after the queued replies are written."""
+        self._close()
+
+
+class IngestServer:
+    """Owns the listening socket and the set of connected sources."""
+
+    def __init__(self, settings: IngestSettings, sink: EventSink) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.sources: dict[int, SourceConnection] = {}
+        self.own_uid = os.getuid()
+        self.refused_forbidden = 0
+        self.refused_overloaded = 0
+        self.dropped_replies = 0
+        self.rejected: dict[str, int] = {}
+        self.path: Path | None = None
+        self._bound_inode: int | None = None
+        self._server: asyncio.Server | None = None
+
+    def uid_allowed(self, uid: int | None) -> bool:
+        return uid is not None and (uid == self.own_uid or uid in self.settings.allowed_uids)
+
+    async def start(self, *, path: Path | None = None, sock: socket.socket | None = None) -> None:
+        """Listen on ``path`` (created as §1 says) or on an inherited socket."""
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            assert path is not None
+            sock = bind_unix_socket(path)
+            self.path = path
+            self._bound_inode = os.stat(path).st_ino
+        else:
+            sockname = sock.getsockname()
+            self.path = Path(sockname) if isinstance(sockname, str) and sockname else path
+        self._server = await loop.create_unix_server(lambda: SourceConnection(self), sock=sock)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        """Close every source (after its queued replies) and remove our socket file."""
+        await self.stop_accepting()
+        for source in list(self.sources.values()):
+            source.close()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.path is not None and self._bound_inode is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == self._bound_inode:
+                    os.unlink(self.path)
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """Create the listening socket at ``path``: dir 0700 if missing, socket 0600.
+
+    A stale socket (nobody answers) is replaced; a live one, or a path that is not a
+    socket, is refused.
+
+    Raises:
+        StartupError: the path is in use or cannot be created.
+    """
+    try:
+        if not path.parent.exists():
+            old = os.umask(0o077)
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            finally:
+                os.umask(old)
+        _clear_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def _clear_stale(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise StartupError(f"cannot probe existing socket {path}: {exc}") from exc
+        log.warning("replacing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    else:
+        raise StartupError(f"another daemon is listening on {path}")
+    finally:
+        probe.close()

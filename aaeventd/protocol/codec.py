@@ -1,0 +1,236 @@
+"""Strict JSON in, compact JSON out, and ready-made WebSocket text frames.
+
+Owns the byte/text level of both wire directions (PROTOCOL.md §1 and §2): strict UTF-8
+and strict JSON decoding of one line or one client frame, the ``type`` name check,
+compact UTF-8 encoding of what the daemon sends, the RFC 3339 timestamp format, and
+unmasked server-to-client WebSocket text frames (identical for every client, so one
+event is encoded and framed once however many clients receive it).
+
+It validates no event fields (that is :mod:`aaeventd.protocol.events`) and imports no
+I/O library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import time
+from typing import Any
+
+from aaeventd.protocol.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "TYPE_NAME_RE",
+    "check_type",
+    "decode_client_message",
+    "decode_object",
+    "encode_json",
+    "rfc3339_utc",
+    "ws_text_frame",
+]
+
+TYPE_NAME_RE: re.Pattern[str] = re.compile(r"\A[a-z][a-z0-9_.:-]{0,63}\Z")
+"""A valid event ``type``: anchored with ``\\A``/``\\Z``, so no trailing newline slips by."""
+
+# How much of an offending value an error message quotes.
+_QUOTE_MAX = 80
+
+
+class _Rejected(ValueError):
+    """Raised from inside the JSON scanner for a value strict JSON refuses."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Rejected(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _Rejected(f"number out of range: {_quote(text)}")
+    return value
+
+
+# Built once: json.loads() with keyword arguments would build a decoder per call.
+_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+# A \uD800-\uDFFF escape somewhere in the raw text: the cheap pre-filter.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Once the text is known to be valid JSON every backslash starts an escape, so scanning
+# escapes left to right is exact; a pair is consumed whole, a lone half is caught.
+_ESCAPE = re.compile(
+    r"\\(?:"
+    r"u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # surrogate pair: fine
+    r"|(?P<lone>u[dD][89a-fA-F][0-9a-fA-F]{2})"  # lone high or low half
+    r"|u[0-9a-fA-F]{4}"
+    r"|[^u]"
+    r")"
+)
+
+_HEADER_7 = struct.Struct("!BB")
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+_FIN_TEXT = 0x81  # FIN bit + opcode 0x1 (text)
+
+
+def _quote(value: str) -> str:
+    """``repr`` of ``value`` cut to ``_QUOTE_MAX`` characters (safe to put in a reply)."""
+    if len(value) > _QUOTE_MAX:
+        return repr(value[:_QUOTE_MAX]) + "..."
+    return repr(value)
+
+
+def _loads(text: str) -> Any:
+    """Parse strict JSON text; raise ``invalid_json`` for anything strict JSON refuses."""
+    try:
+        value = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
+    except _Rejected as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
+    except ValueError as exc:
+        # int() past sys.get_int_max_str_digits() (4300 digits by default).
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"number too long: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
+    # Lone surrogates would make the broadcast invalid UTF-8; they can only come from
+    # \uD8xx-\uDFxx escapes (the UTF-8 decoder refuses encoded ones).
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        for match in _ESCAPE.finditer(text):
+            if match.group("lone") is not None:
+                raise ProtocolError(ErrorCode.INVALID_JSON, "lone surrogate in string")
+    return value
+
+
+def check_type(obj: dict[str, Any]) -> str:
+    """Return the event's ``type`` after checking it is a well-formed type name.
+
+    Raises:
+        ProtocolError: ``missing_type`` (absent or not a string) or
+            ``invalid_type_name`` (does not match :data:`TYPE_NAME_RE`).
+    """
+    event_type = obj.get("type")
+    if type(event_type) is not str:
+        if event_type is None and "type" not in obj:
+            raise ProtocolError(ErrorCode.MISSING_TYPE, "missing 'type'")
+        raise ProtocolError(
+            ErrorCode.MISSING_TYPE, f"'type' must be a string, not {_json_kind(event_type)}"
+        )
+    if TYPE_NAME_RE.match(event_type) is None:
+        raise ProtocolError(
+            ErrorCode.INVALID_TYPE_NAME,
+            f"invalid type name {_quote(event_type)}: must match {TYPE_NAME_RE.pattern}",
+        )
+    return event_type
+
+
+def decode_object(data: bytes) -> dict[str, Any]:
+    """Decode one source line into an event object with a well-formed ``type``.
+
+    Args:
+        data: the line's content (as :class:`~aaeventd.protocol.framer.Line` gives it).
+
+    Returns:
+        The parsed object (a fresh dict; nothing else holds it).
+
+    Raises:
+        ProtocolError: ``invalid_utf8``, ``invalid_json``, ``not_an_object``,
+            ``missing_type`` or ``invalid_type_name``.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_UTF8, f"invalid UTF-8 at byte offset {exc.start}: {exc.reason}"
+        ) from None
+    obj = _loads(text)
+    if type(obj) is not dict:
+        raise ProtocolError(
+            ErrorCode.NOT_AN_OBJECT, f"expected a JSON object, got {_json_kind(obj)}"
+        )
+    check_type(obj)
+    return obj
+
+
+def decode_client_message(text: str | bytes) -> dict[str, Any]:
+    """Decode one WebSocket message from a client into an object (``type`` unchecked).
+
+    Args:
+        text: a text frame's ``str`` (or a binary frame's ``bytes``, read as UTF-8).
+
+    Raises:
+        ProtocolError: ``invalid_json`` (also for bytes that are not UTF-8: the client
+            side has no ``invalid_utf8`` code) or ``not_an_object``.
+    """
+    if not isinstance(text, str):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(
+                ErrorCode.INVALID_JSON, f"invalid UTF-8 at byte offset {exc.start}: {exc.reason}"
+            ) from None
+    obj = _loads(text)
+    if type(obj) is not dict:
+        raise ProtocolError(
+            ErrorCode.NOT_AN_OBJECT, f"expected a JSON object, got {_json_kind(obj)}"
+        )
+    return obj
+
+
+def encode_json(obj: Any) -> bytes:
+    """Encode ``obj`` as compact, strict JSON in UTF-8 (non-ASCII kept as is).
+
+    Raises:
+        ValueError: ``obj`` holds NaN or an infinity (our bug: we only send strict JSON).
+        TypeError: ``obj`` holds something JSON cannot represent.
+    """
+    return _ENCODER.encode(obj).encode("utf-8")
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """Return one complete, unmasked, final WebSocket text frame carrying ``payload``.
+
+    Server-to-client frames are never masked (RFC 6455 §5.1), so the result can be
+    written as is to every client that should get this payload.
+    """
+    length = len(payload)
+    if length < 126:
+        header = _HEADER_7.pack(_FIN_TEXT, length)
+    elif length < 0x10000:
+        header = _HEADER_16.pack(_FIN_TEXT, 126, length)
+    else:
+        header = _HEADER_64.pack(_FIN_TEXT, 127, length)
+    return header + payload
+
+
+def rfc3339_utc(epoch_seconds: float) -> str:
+    """Format a Unix time as RFC 3339 UTC with milliseconds: ``2026-02-04T10:30:00.123Z``.
+
+    The time is rounded to the nearest millisecond.
+    """
+    seconds, millis = divmod(round(epoch_seconds * 1000), 1000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
+    )
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's kind, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,314 @@
+"""The clients' side: the WebSocket server and the per-client send path (PROTOCOL §2).
+
+Owns: ``websockets.asyncio.server.serve`` wiring, one :class:`ClientSession` per
+connection (filter, counters, backlog), the fan-out of already-encoded frames, client
+messages (``heartbeat``, ``subscribe``; the rest goes to the :class:`ClientSink`), and
+the slow-consumer close.
+
+The fan-out is the hot path.  A server frame is unmasked, so without compression it
+is the same bytes for every client: each event is framed once (by the hub) and the
+per-client work is "append these bytes to that client's transport".  Frames are
+written straight to the transport, bypassing websockets' per-message send path (which
+re-frames the message for every connection); websockets keeps handling the opening
+handshake, pings, incoming frames and the closing handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from aaeventd.hub import Stamped
+from aaeventd.protocol.codec import decode_client_message, encode_json, ws_text_frame
+from aaeventd.protocol.errors import ProtocolError
+from aaeventd.protocol.events import ClientMessage, Heartbeat, Subscribe, parse_client_message
+from aaeventd.protocol.filters import TypeFilter
+from aaeventd.web import HttpFront
+
+log = logging.getLogger(__name__)
+
+# Close code and reason for a client that does not keep up (§2.3).
+SLOW_CLOSE_CODE = 1013
+SLOW_CLOSE_REASON = "slow consumer"
+
+
+@dataclass(slots=True)
+class StreamSettings:
+    """Live-reloadable settings of the send path."""
+
+    slow_client_buffer_bytes: int = 4 << 20
+    close_timeout: float = 10.0
+
+
+class ClientSink(Protocol):
+    """What the WebSocket side needs from the app."""
+
+    def open_stream(
+        self, session: ClientSession, since: int | None, epoch: str | None
+    ) -> list[bytes]:
+        """Frames a new client gets first: ``connected``, then any replay."""
+
+    def client_message(self, session: ClientSession, message: ClientMessage) -> None:
+        """A confirmation answer or timer message; raise ProtocolError to refuse it."""
+
+    def client_closed(self, session: ClientSession) -> None:
+        """The client is gone."""
+
+
+class ClientSession:
+    """One connected client: its filter, counters and raw send path."""
+
+    __slots__ = (
+        "_abort",
+        "address",
+        "closing",
+        "conn",
+        "connected_at",
+        "filter",
+        "frames_sent",
+        "id",
+        "log",
+        "settings",
+        "transport",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        cid: str,
+        conn: ServerConnection,
+        type_filter: TypeFilter,
+        settings: StreamSettings,
+        connected_at: float,
+    ) -> None:
+        self.id = cid
+        self.conn = conn
+        self.transport = conn.transport
+        self.filter = type_filter
+        self.settings = settings
+        self.connected_at = connected_at
+        self.frames_sent = 0
+        self.closing = False
+        self.user_agent: str | None = (
+            conn.request.headers.get("User-Agent") if conn.request else None
+        )
+        try:
+            self.address = str(conn.remote_address[0])
+        except (TypeError, IndexError):  # pragma: no cover
+            self.address = "?"
+        self._abort: asyncio.TimerHandle | None = None
+        self.log = logging.LoggerAdapter(log, {"client": cid})
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written to this client that the kernel has not taken yet."""
+        return self.transport.get_write_buffer_size()
+
+    def send(self, data: bytes, frames: int) -> bool:
+        """Queue already-framed events; close as a slow consumer past the limit.
+
+        Returns whether the frames were handed to the transport.
+        """
+        if self.closing or self.conn.protocol.state is not State.OPEN:
+            return False
+        limit = self.settings.slow_client_buffer_bytes
+        transport = self.transport
+        if transport.get_write_buffer_size() > limit:
+            self.close_slow()
+            return False
+        transport.write(data)
+        self.frames_sent += frames
+        if transport.get_write_buffer_size() > limit:
+            self.close_slow()
+        return True
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        """A control reply (never dropped for slowness while the connection is open)."""
+        if self.closing or self.conn.protocol.state is not State.OPEN:
+            return
+        self.transport.write(ws_text_frame(encode_json(message)))
+        self.frames_sent += 1
+
+    def close_slow(self) -> None:
+        """Close with 1013 after what is already buffered; abort if the peer never reads."""
+        if self.closing:
+            return
+        self.closing = True
+        self.log.warning(
+            "closing slow consumer (%d bytes unsent > %d)",
+            self.backlog,
+            self.settings.slow_client_buffer_bytes,
+        )
+        self.conn.protocol.send_close(SLOW_CLOSE_CODE, SLOW_CLOSE_REASON)
+        self.conn.send_data()
+        loop = asyncio.get_running_loop()
+        self._abort = loop.call_later(self.settings.close_timeout, self.transport.abort)
+
+    def cancel_timers(self) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+
+
+class WsServer:
+    """The WebSocket endpoint and its set of sessions."""
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        sink: ClientSink,
+        front: HttpFront,
+        *,
+        max_message_bytes: int,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.front = front
+        self.sessions: dict[str, ClientSession] = {}
+        self.slow_closes = 0
+        self.messages_in = 0
+        self._ids = itertools.count(1)
+        self._max_message_bytes = max_message_bytes
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                return int(name[1])
+        raise RuntimeError("the WebSocket server has no TCP socket")  # pragma: no cover
+
+    async def start(
+        self, *, host: str | None = None, port: int | None = None, sock: socket.socket | None = None
+    ) -> None:
+        kwargs: dict[str, Any] = (
+            {"sock": sock} if sock is not None else {"host": host, "port": port}
+        )
+        self._server = await serve(
+            self._handler,
+            process_request=self.front,
+            compression=None,  # frames are shared bytes: no per-client deflate
+            max_size=self._max_message_bytes,
+            ping_interval=self._ping_interval,
+            ping_timeout=self._ping_timeout,
+            close_timeout=self.settings.close_timeout,
+            server_header=None,
+            logger=logging.getLogger("aaeventd.websockets"),
+            **kwargs,
+        )
+
+    # -- fan-out (hot path) ------------------------------------------------------
+
+    def fan_out(self, batch: Sequence[Stamped]) -> list[int]:
+        """Hand each event to every client whose filter matches; count deliveries."""
+        delivered = [0] * len(batch)
+        if not self.sessions:
+            return delivered
+        everything: bytes | None = None
+        to_all = 0
+        for session in list(self.sessions.values()):
+            type_filter = session.filter
+            if type_filter.matches_all:
+                if everything is None:
+                    everything = (
+                        batch[0].frame if len(batch) == 1 else b"".join(s.frame for s in batch)
+                    )
+                if session.send(everything, len(batch)):
+                    to_all += 1
+                continue
+            matched = [i for i, s in enumerate(batch) if type_filter.matches(s.type)]
+            if not matched:
+                continue
+            data = b"".join(batch[i].frame for i in matched)
+            if session.send(data, len(matched)):
+                for i in matched:
+                    delivered[i] += 1
+        if to_all:
+            delivered = [d + to_all for d in delivered]
+        return delivered
+
+    # -- connections -------------------------------------------------------------
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        request = conn.request
+        assert request is not None
+        query = parse_qs(urlsplit(request.path).query)
+        since_values = query.get("since")
+        since = int(since_values[-1]) if since_values else None
+        epoch_values = query.get("epoch")
+        epoch = epoch_values[-1] if epoch_values else None
+        types = query.get("types")
+        session = ClientSession(
+            f"c{next(self._ids)}",
+            conn,
+            TypeFilter.from_query(types[-1] if types else None),
+            self.settings,
+            asyncio.get_running_loop().time(),
+        )
+        # The snapshot, the replay and the registration happen in one step of the event
+        # loop, so no live event can fall between them or arrive twice.
+        frames = self.sink.open_stream(session, since, epoch)
+        session.transport.write(b"".join(frames))
+        session.frames_sent += len(frames)
+        self.sessions[session.id] = session
+        session.log.info(
+            "client connected from %s (%s), types=%s since=%s",
+            session.address,
+            session.user_agent,
+            ",".join(session.filter.globs) or "*",
+            since,
+        )
+        try:
+            async for message in conn:
+                self.messages_in += 1
+                self._on_message(session, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.sessions.pop(session.id, None)
+            session.cancel_timers()
+            if session.closing:
+                self.slow_closes += 1
+            session.log.info(
+                "client disconnected (%s), %d frames sent", conn.close_code, session.frames_sent
+            )
+            self.sink.client_closed(session)
+
+    def _on_message(self, session: ClientSession, data: str | bytes) -> None:
+        try:
+            message = parse_client_message(decode_client_message(data))
+            if isinstance(message, Heartbeat):
+                session.send_control({"type": "heartbeat_ack"})
+            elif isinstance(message, Subscribe):
+                session.filter = TypeFilter(message.types)
+                session.send_control({"type": "subscribed", "types": list(message.types)})
+            else:
+                self.sink.client_message(session, message)
+        except ProtocolError as exc:
+            session.log.info("client message refused: %s: %s", exc.code, exc.message)
+            session.send_control({"type": "error", "code": str(exc.code), "message": exc.message})
+
+    async def close(self) -> None:
+        """Close every client with 1001 (going away) and stop listening."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout + 1)

@@ -1,0 +1,208 @@
+"""Shared test helpers: an in-process daemon, real source and client connections.
+
+Everything here uses real sockets: a Unix socket in a short private temp dir, the
+WebSocket server on port 0 (the real port read back from the server), real
+websockets clients.  Waits have deadlines scaled by one factor
+(``AAEVENTD_TESTS_TIMEOUT_FACTOR``); nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from aaeventd.app import Daemon
+from aaeventd.config import Config, parse_config
+
+FACTOR = float(os.environ.get("AAEVENTD_TESTS_TIMEOUT_FACTOR", "1"))
+TIMEOUT = 10.0 * FACTOR  # the longest any single wait may take
+REPO = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Run one async test body on a fresh loop, failing (not hanging) past ``timeout``."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout * FACTOR):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """A private directory with a short path (AF_UNIX paths are limited to ~107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="aaev-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_config(tmp: Path, **sections: dict[str, Any]) -> Config:
+    """A config whose socket, journal and port are private to one test.
+
+    ``sections`` override keys per section, e.g. ``websocket={"max_clients": 2}``.
+    """
+    data: dict[str, Any] = {
+        "sources": {"socket_path": str(tmp / "ev.sock")},
+        "websocket": {"port": 0},
+        "journal": {"directory": str(tmp / "journal")},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    config: Config, env: dict[str, str] | None = None
+) -> AsyncIterator[Daemon]:
+    """Run a :class:`Daemon` in this loop until the block ends; yields it once ready."""
+    daemon = Daemon(config, env=env if env is not None else {})
+    task = asyncio.create_task(daemon.run())
+    ready = asyncio.create_task(daemon.ready.wait())
+    done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
+    if task in done:
+        ready.cancel()
+        task.result()  # raises the startup error
+        raise AssertionError("daemon stopped before it was ready")
+    if ready not in done:
+        raise AssertionError("daemon not ready in time")
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+class Source:
+    """A real source connection on the daemon's Unix socket (NDJSON both ways)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, path: Path | str, *, hello: dict[str, Any] | None = None) -> Source:
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=16 << 20)
+        source = cls(reader, writer)
+        if hello is not None:
+            await source.send(hello)
+            welcome = await source.recv()
+            assert welcome["type"] == "welcome", welcome
+        return source
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not line:
+            raise EOFError("the daemon closed the connection")
+        obj = json.loads(line)
+        assert isinstance(obj, dict)
+        return obj
+
+    async def recv_type(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next reply of type ``kind`` (others are skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.recv()
+                if msg.get("type") == kind:
+                    return msg
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+    async def __aenter__(self) -> Source:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def ws_url(daemon: Daemon, query: str = "", path: str = "/") -> str:
+    return f"ws://127.0.0.1:{daemon.ws_port}{path}" + (f"?{query}" if query else "")
+
+
+async def ws_connect(daemon: Daemon, query: str = "", **kwargs: Any) -> ClientConnection:
+    """A real WebSocket client; the ``connected`` frame is left for the test to read."""
+    return await connect(ws_url(daemon, query, kwargs.pop("path", "/")), **kwargs)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    raw = await asyncio.wait_for(ws.recv(), timeout)
+    obj = json.loads(raw)
+    assert isinstance(obj, dict)
+    return obj
+
+
+async def recv_until(
+    ws: ClientConnection, pred: Callable[[dict[str, Any]], bool], timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """The first frame satisfying ``pred`` (earlier frames are dropped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await recv_json(ws)
+            if pred(msg):
+                return msg
+
+
+def aaeventd_cmd(*args: str) -> list[str]:
+    """The command line that runs this checkout's aaeventd in a subprocess."""
+    return [sys.executable, "-m", "aaeventd", *args]
+
+
+def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """An environment whose XDG dirs are private to one test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "AAEVENTD_"))}
+    env.update(
+        XDG_RUNTIME_DIR=str(tmp / "run"),
+        XDG_STATE_HOME=str(tmp / "state"),
+        XDG_CONFIG_HOME=str(tmp / "cfg"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra)
+    return env
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = TIMEOUT) -> str:
+    """Read the process's stderr until a line containing ``needle`` (fails on exit)."""
+    assert proc.stderr is not None
+    end = time.monotonic() + timeout
+    seen: list[str] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while time.monotonic() < end:
+            if not sel.select(timeout=max(0.0, end - time.monotonic())):
+                break
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return line
+    raise AssertionError(f"{needle!r} not seen in stderr within {timeout}s:\n{''.join(seen)}")
