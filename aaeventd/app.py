@@ -374,11 +374,11 @@ class Daemon:
             delivered,
         )
         if events_log.isEnabledFor(logging.DEBUG):
-            events_log.debug(
-                "event seq=%d payload=%s",
-                stamped.seq,
-                json.dumps(redact(event, hidden), ensure_ascii=False),
-            )
+            try:
+                shown = json.dumps(redact(event, hidden), ensure_ascii=False)
+            except RecursionError:
+                shown = "<nested too deeply to show>"
+            events_log.debug("event seq=%d payload=%s", stamped.seq, shown)
 
     # -- EventSink (ingest) ------------------------------------------------------
 

@@ -195,22 +195,29 @@ def _strict_json(raw: str) -> Any:
 def _cmd_emit(args: argparse.Namespace) -> int:
     from aaeventd.client import EventRejected, EventSource, SourceError
 
-    lines: list[bytes]
+    # (label for error messages, the JSON line); the label names the stdin line.
+    lines: list[tuple[str, bytes]]
     if args.type == "-":
-        lines = [ln.rstrip(b"\r\n") for ln in sys.stdin.buffer]
-        lines = [ln for ln in lines if ln.strip()]
+        if args.fields or args.json_obj is not None:
+            _err("'-' reads every event from stdin; give no KEY=VALUE or --json with it")
+            return EXIT_USAGE
+        lines = []
+        for number, raw in enumerate(sys.stdin.buffer, start=1):
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                lines.append((f"stdin line {number}: ", line))
     elif args.json_obj is not None:
         if args.type is not None:
             _err("give either TYPE KEY=VALUE... or --json OBJ, not both")
             return EXIT_USAGE
-        lines = [args.json_obj.encode()]
+        lines = [("", args.json_obj.encode())]
     elif args.type is not None:
         try:
             event = {"type": args.type, **_parse_fields(args.fields)}
         except ValueError as exc:
             _err(str(exc))
             return EXIT_USAGE
-        lines = [json.dumps(event, ensure_ascii=False).encode()]
+        lines = [("", json.dumps(event, ensure_ascii=False).encode())]
     else:
         _err("emit needs TYPE [KEY=VALUE...], --json OBJ, or - (NDJSON on stdin)")
         return EXIT_USAGE
@@ -218,16 +225,19 @@ def _cmd_emit(args: argparse.Namespace) -> int:
         socket_path = Path(args.socket)
     else:
         config, _ = _load(args)
-        socket_path = resolve_socket_path(config)
+        # RUNTIME_DIRECTORY, when set, belongs to the unit running *this* command,
+        # not to the daemon's: resolve the socket as a shell outside systemd would.
+        env = {k: v for k, v in os.environ.items() if k != "RUNTIME_DIRECTORY"}
+        socket_path = resolve_socket_path(config, env)
     status = EXIT_OK
     try:
         with EventSource(socket_path, name="aaeventd-emit") as source:
-            for line in lines:
+            for label, line in lines:
                 try:
                     ack = source.send_line(line)
                 except EventRejected as exc:
                     status = EXIT_FAILURE
-                    _err(f"rejected ({exc.code}): {exc.message}")
+                    _err(f"{label}rejected ({exc.code}): {exc.message}")
                     for detail in (exc.details or [])[1:]:
                         loc = ".".join(str(p) for p in detail.get("loc", []))
                         print(f"  {loc}: {detail.get('msg')}", file=sys.stderr)
@@ -285,6 +295,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 
+    if args.count is not None and args.count < 1:
+        _err("--count must be at least 1")
+        return EXIT_USAGE
     config, _ = _load(args)
     since: int | None = args.since
     epoch: str | None = None

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # Replies queued for a source that does not read them are dropped past this many bytes.
 REPLY_BUFFER_LIMIT = 1 << 20
 _UCRED = struct.Struct("3i")
+# Rejected lines logged one by one per source before the log switches to summaries.
+REJECTIONS_LOGGED = 20
 
 
 @dataclass(slots=True)
@@ -134,7 +136,12 @@ class SourceConnection(asyncio.Protocol):
         if self._closed:
             return
         self._framer.max_line_bytes = self.server.settings.max_line_bytes
-        self._process(self._framer.feed(data))
+        try:
+            self._process(self._framer.feed(data))
+        except Exception:
+            # Our bug, not the peer's: drop this one connection, keep serving the rest.
+            self.log.exception("internal error while handling a source; closing it")
+            self._close()
 
     def eof_received(self) -> bool:
         if not self._closed:
@@ -188,9 +195,22 @@ class SourceConnection(asyncio.Protocol):
                 sink.flush()
                 self.errors += 1
                 self.server.rejected[exc.code] = self.server.rejected.get(exc.code, 0) + 1
-                self.log.warning("line %d rejected: %s: %s", number, exc.code, exc.message)
+                self._log_rejection(number, exc)
                 self._send_error(exc.code, exc.message, number, exc.details)
         sink.flush()
+
+    def _log_rejection(self, number: int, exc: ProtocolError) -> None:
+        # A flooding source must not flood the log: the first few at WARNING, then one
+        # summary line per thousand (every rejection is still counted in /metrics).
+        errors = self.errors
+        if errors <= REJECTIONS_LOGGED:
+            self.log.warning("line %d rejected: %s: %s", number, exc.code, exc.message)
+        elif errors % 1000 == 0:
+            self.log.warning(
+                "%d lines rejected so far (latest: line %d, %s)", errors, number, exc.code
+            )
+        else:
+            self.log.debug("line %d rejected: %s: %s", number, exc.code, exc.message)
 
     def _hello(self, event: dict[str, Any]) -> None:
         name = event.get("name")

@@ -16,8 +16,9 @@ from typing import Any, TextIO
 
 ROOT = "aaeventd"
 REDACTED = "***"
-# LogRecord attributes that are not "extra" context.
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# The per-connection context our LoggerAdapters add (other libraries' extras, such as
+# websockets' weak reference to its connection, are left out).
+CONTEXT_KEYS = ("source", "pid", "uid", "client")
 
 
 def redact(value: Any, fields: frozenset[str]) -> Any:
@@ -39,9 +40,8 @@ class TextFormatter(logging.Formatter):
     """``2026-02-04T10:30:00.123Z INFO aaeventd.app: message [key=value ...]``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(
-            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and v is not None
-        )
+        attrs = record.__dict__
+        context = " ".join(f"{k}={attrs[k]}" for k in CONTEXT_KEYS if attrs.get(k) is not None)
         line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
         if context:
             line += f" [{context}]"
@@ -60,9 +60,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and value is not None:
-                obj[key] = value
+        attrs = record.__dict__
+        for key in CONTEXT_KEYS:
+            if attrs.get(key) is not None:
+                obj[key] = attrs[key]
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False, default=str)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,32 @@ log = logging.getLogger(__name__)
 # Close code and reason for a client that does not keep up (§2.3).
 SLOW_CLOSE_CODE = 1013
 SLOW_CLOSE_REASON = "slow consumer"
+
+
+# The client token (PROTOCOL §2.4) is never logged, but websockets' debug log shows the
+# request line (``GET /?token=...``) and every header (``Authorization: Bearer ...``).
+_TOKEN_QUERY = re.compile(r"([?&]token=)[^&\s#]*", re.IGNORECASE)
+_AUTH_HEADER = re.compile(r"^([<>] authorization: ).*$", re.IGNORECASE | re.MULTILINE)
+
+
+class RedactTokens(logging.Filter):
+    """Masks ``token=`` query values and ``Authorization`` header values in records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = _AUTH_HEADER.sub(r"\1***", _TOKEN_QUERY.sub(r"\1***", text))
+        if redacted != text:
+            record.msg = redacted
+            record.args = None
+        return True
+
+
+def websockets_logger() -> logging.Logger:
+    """The logger given to websockets, with :class:`RedactTokens` attached once."""
+    logger = logging.getLogger("aaeventd.websockets")
+    if not any(isinstance(f, RedactTokens) for f in logger.filters):
+        logger.addFilter(RedactTokens())
+    return logger
 
 
 @dataclass(slots=True)
@@ -210,7 +237,7 @@ class WsServer:
             ping_timeout=self._ping_timeout,
             close_timeout=self.settings.close_timeout,
             server_header=None,
-            logger=logging.getLogger("aaeventd.websockets"),
+            logger=websockets_logger(),
             **kwargs,
         )
 
