@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseT
 from aaeventd.protocol.filters import TypeFilter
 from aaeventd.tokens import load_or_create_token
 from aaeventd.web import AccessSettings, HttpFront
-from aaeventd.wsserver import ClientSession, StreamSettings, WsServer
+from aaeventd.wsserver import ClientSession, StreamSettings, StreamStart, WsServer
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("aaeventd.events")
@@ -408,43 +408,45 @@ class Daemon:
 
     def open_stream(
         self, session: ClientSession, since: int | None, epoch: str | None
-    ) -> list[bytes]:
+    ) -> StreamStart:
         hub = self.hub
-        frames = [ws_text_frame(encode_json(hub.connected(self._now())))]
+        start = StreamStart(head=[ws_text_frame(encode_json(hub.connected(self._now())))])
         if since is None:
-            return frames
+            return start
         if epoch is not None and epoch != hub.epoch:
-            frames.append(_control_frame(_gap("epoch_changed", None, None)))
-            return frames
+            start.head.append(_control_frame(_gap("epoch_changed", None, None)))
+            return start
         replay = hub.replay_since(since)
         matches = session.filter.matches
+        start.tail = [s.frame for s in replay.events if matches(s.type)]
         if replay.gap is not None:
-            frames.extend(self._replay_from_journal(replay.gap, session.filter))
-        frames.extend(s.frame for s in replay.events if matches(s.type))
-        return frames
+            if self.journal is None:
+                start.head.append(_control_frame(_gap("evicted", *replay.gap)))
+            else:
+                start.backfill = replay.gap
+        return start
 
-    def _replay_from_journal(self, gap: tuple[int, int], type_filter: TypeFilter) -> list[bytes]:
-        """Frames for the seqs in ``gap`` read from the journal.
+    async def backfill(
+        self, seqs: tuple[int, int], type_filter: TypeFilter
+    ) -> AsyncGenerator[tuple[bytes, int], None]:
+        """Read ``seqs`` from the journal off the event loop, in chunks of frames.
 
-        What the journal no longer has either is announced first by a ``replay_gap``.
+        What the journal no longer has is announced first by a ``replay_gap``.
         """
-        first, last = gap
-        frames: list[bytes] = []
+        first, last = seqs
+        assert self.journal is not None
+        lines = self.journal.read_since(first - 1)
         found: int | None = None
-        if self.journal is not None:
-            for line in self.journal.read_since(first - 1):
-                obj = json.loads(line)
-                seq = obj.get("seq")
-                if not isinstance(seq, int) or seq > last:
-                    break
-                if found is None:
-                    found = seq
-                if type_filter.matches(str(obj.get("type"))):
-                    frames.append(ws_text_frame(bytes(line)))
-        missing_to = last if found is None else found - 1
-        if missing_to >= first:
-            frames.insert(0, _control_frame(_gap("evicted", first, missing_to)))
-        return frames
+        while True:
+            chunk = await asyncio.to_thread(_journal_chunk, lines, last, type_filter)
+            if found is None:
+                found = chunk.first if chunk.first is not None else last + 1
+                if found > first:
+                    yield _control_frame(_gap("evicted", first, found - 1)), 1
+            if chunk.frames:
+                yield b"".join(chunk.frames), len(chunk.frames)
+            if chunk.done:
+                return
 
     def client_message(self, session: ClientSession, message: ClientMessage) -> None:
         now = self._now()
@@ -627,6 +629,35 @@ class Daemon:
                 value=round(time.time() - self.counters.started_wall, 3),
             ),
         ]
+
+
+@dataclass
+class _Chunk:
+    frames: list[bytes]
+    first: int | None
+    done: bool
+
+
+BACKFILL_CHUNK = 2000
+
+
+def _journal_chunk(lines: Iterator[bytes], last: int, type_filter: TypeFilter) -> _Chunk:
+    """Up to BACKFILL_CHUNK journal lines with seq <= last, as frames (runs in a thread)."""
+    frames: list[bytes] = []
+    first: int | None = None
+    for _ in range(BACKFILL_CHUNK):
+        line = next(lines, None)
+        if line is None:
+            return _Chunk(frames, first, True)
+        obj = json.loads(line)
+        seq = obj.get("seq")
+        if not isinstance(seq, int) or seq > last:
+            return _Chunk(frames, first, True)
+        if first is None:
+            first = seq
+        if type_filter.matches(str(obj.get("type"))):
+            frames.append(ws_text_frame(bytes(line)))
+    return _Chunk(frames, first, False)
 
 
 class _Stop(Exception):

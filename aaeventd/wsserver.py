@@ -21,8 +21,8 @@ import itertools
 import logging
 import re
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -78,13 +78,31 @@ class StreamSettings:
     close_timeout: float = 10.0
 
 
+@dataclass(slots=True)
+class StreamStart:
+    """What a new client gets before live events, in this order.
+
+    ``head`` (``connected``, maybe a ``replay_gap``), then the events of ``backfill``
+    (a seq range read from the journal), then ``tail`` (replayed from memory).
+    """
+
+    head: list[bytes]
+    backfill: tuple[int, int] | None = None
+    tail: list[bytes] = field(default_factory=list)
+
+
 class ClientSink(Protocol):
     """What the WebSocket side needs from the app."""
 
     def open_stream(
         self, session: ClientSession, since: int | None, epoch: str | None
-    ) -> list[bytes]:
-        """Frames a new client gets first: ``connected``, then any replay."""
+    ) -> StreamStart:
+        """The snapshot and replay plan for a new client."""
+
+    def backfill(
+        self, seqs: tuple[int, int], type_filter: TypeFilter
+    ) -> AsyncGenerator[tuple[bytes, int], None]:
+        """Frames (and their count) for the events in ``seqs`` from the journal."""
 
     def client_message(self, session: ClientSession, message: ClientMessage) -> None:
         """A confirmation answer or timer message; raise ProtocolError to refuse it."""
@@ -104,6 +122,8 @@ class ClientSession:
         "connected_at",
         "filter",
         "frames_sent",
+        "held",
+        "held_bytes",
         "id",
         "log",
         "settings",
@@ -127,6 +147,9 @@ class ClientSession:
         self.connected_at = connected_at
         self.frames_sent = 0
         self.closing = False
+        # While a replay is read from the journal, live frames wait here (bounded).
+        self.held: list[tuple[bytes, int]] | None = None
+        self.held_bytes = 0
         self.user_agent: str | None = (
             conn.request.headers.get("User-Agent") if conn.request else None
         )
@@ -150,6 +173,13 @@ class ClientSession:
         if self.closing or self.conn.protocol.state is not State.OPEN:
             return False
         limit = self.settings.slow_client_buffer_bytes
+        if self.held is not None:
+            self.held_bytes += len(data)
+            if self.held_bytes > limit:
+                self.close_slow()
+                return False
+            self.held.append((data, frames))
+            return True
         transport = self.transport
         if transport.get_write_buffer_size() > limit:
             self.close_slow()
@@ -159,6 +189,18 @@ class ClientSession:
         if transport.get_write_buffer_size() > limit:
             self.close_slow()
         return True
+
+    def write_now(self, data: bytes, frames: int) -> None:
+        """Write replay frames ahead of anything held (no slow-consumer check)."""
+        if data and not self.closing and self.conn.protocol.state is State.OPEN:
+            self.transport.write(data)
+            self.frames_sent += frames
+
+    def release(self) -> None:
+        """End the replay: write the held live frames and go live."""
+        held, self.held, self.held_bytes = self.held or [], None, 0
+        for data, frames in held:
+            self.send(data, frames)
 
     def send_control(self, message: dict[str, Any]) -> None:
         """A control reply (never dropped for slowness while the connection is open)."""
@@ -289,11 +331,14 @@ class WsServer:
             self.settings,
             asyncio.get_running_loop().time(),
         )
-        # The snapshot, the replay and the registration happen in one step of the event
-        # loop, so no live event can fall between them or arrive twice.
-        frames = self.sink.open_stream(session, since, epoch)
-        session.transport.write(b"".join(frames))
-        session.frames_sent += len(frames)
+        # The snapshot, the replay plan and the registration happen in one step of the
+        # event loop, so no live event can fall between them or arrive twice.
+        start = self.sink.open_stream(session, since, epoch)
+        session.write_now(b"".join(start.head), len(start.head))
+        if start.backfill is None:
+            session.write_now(b"".join(start.tail), len(start.tail))
+        else:
+            session.held = []
         self.sessions[session.id] = session
         session.log.info(
             "client connected from %s (%s), types=%s since=%s",
@@ -303,6 +348,8 @@ class WsServer:
             since,
         )
         try:
+            if start.backfill is not None:
+                await self._replay(session, start)
             async for message in conn:
                 self.messages_in += 1
                 self._on_message(session, message)
@@ -317,6 +364,23 @@ class WsServer:
                 "client disconnected (%s), %d frames sent", conn.close_code, session.frames_sent
             )
             self.sink.client_closed(session)
+
+    async def _replay(self, session: ClientSession, start: StreamStart) -> None:
+        """Journal backfill at the pace the client reads, then memory, then live."""
+        assert start.backfill is not None
+        chunks = self.sink.backfill(start.backfill, session.filter)
+        async with contextlib.aclosing(chunks):
+            async for chunk, count in chunks:
+                if session.closing:
+                    return
+                session.write_now(chunk, count)
+                try:
+                    # Flow control: wait while the transport is over its high-water mark.
+                    await session.conn.drain()
+                except OSError:
+                    return  # the connection is gone; the handler's loop sees it closed
+        session.write_now(b"".join(start.tail), len(start.tail))
+        session.release()
 
     def _on_message(self, session: ClientSession, data: str | bytes) -> None:
         try:
