@@ -10,6 +10,11 @@ Example::
     with EventSource(name="skill-engine") as src:
         ack = src.emit("skill_started", skill_name="start_work", total_steps=5)
         print(ack.seq, ack.delivered)
+        ack = src.emit("confirmation_required", message="Deploy?", timeout_seconds=120)
+        for msg in src.messages():  # blocks until a UI answers or the timeout passes
+            if msg.get("id") == ack.id:
+                print(msg["type"], msg.get("response"))
+                break
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class EventSource:
         Raises:
             SourceError: the daemon is not reachable or refused us.
         """
+        self.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -153,16 +159,31 @@ class EventSource:
                 reply=reply,
             )
 
-    def messages(self) -> Iterator[dict[str, Any]]:
-        """Replies that are not acks (confirmation answers), blocking; ends on close."""
+    def messages(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Replies that are not acks (confirmation answers and expiries), in order.
+
+        Blocks between messages; call it from one thread, not while another thread
+        is sending on this connection.
+
+        Args:
+            timeout: seconds to wait for each message; ``None`` waits as long as the
+                connection lives (a confirmation may take minutes to be answered).
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout``.
+
+        The iteration ends when the daemon closes the connection.
+        """
         while True:
             if self._side_messages:
                 yield self._side_messages.pop(0)
                 continue
             try:
-                yield self._read_line()
-            except SourceError:
+                msg = self._read_line_within(timeout)
+            except SourceError:  # closed; a TimeoutError propagates
                 return
+            if msg.get("type") not in ("ack", "welcome", "error"):
+                yield msg
 
     # -- wire --------------------------------------------------------------------
 
@@ -187,19 +208,44 @@ class EventSource:
             self._side_messages.append(msg)
 
     def _read_line(self) -> dict[str, Any]:
+        """The next line, within the connection's timeout (a late reply is an error)."""
+        try:
+            return self._read_line_within(self.timeout)
+        except TimeoutError:
+            # The late reply would be taken for the next request's: start afresh.
+            self.close()
+            raise SourceError(f"no reply from aaeventd within {self.timeout} s") from None
+
+    def _read_line_within(self, timeout: float | None) -> dict[str, Any]:
+        """The next line from the daemon; ``timeout`` ``None`` waits without limit.
+
+        Raises:
+            TimeoutError: nothing complete arrived in time (the connection stays usable).
+            SourceError: the connection failed or the daemon sent something that is
+                not a JSON object.
+        """
         sock = self._sock
         if sock is None:
             raise SourceError("not connected")
-        while b"\n" not in self._buffer:
-            try:
-                chunk = sock.recv(65536)
-            except OSError as exc:
-                raise SourceError(f"no reply from aaeventd: {exc}") from exc
-            if not chunk:
-                raise SourceError("aaeventd closed the connection")
-            self._buffer += chunk
+        sock.settimeout(timeout)
+        try:
+            while b"\n" not in self._buffer:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    raise
+                except OSError as exc:  # reset, or closed under us
+                    raise SourceError(f"no reply from aaeventd: {exc}") from exc
+                if not chunk:
+                    raise SourceError("aaeventd closed the connection")
+                self._buffer += chunk
+        finally:
+            sock.settimeout(self.timeout)
         line, _, self._buffer = self._buffer.partition(b"\n")
-        obj = json.loads(line)
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise SourceError(f"unexpected reply: {line[:200]!r}") from exc
         if not isinstance(obj, dict):
             raise SourceError(f"unexpected reply: {line[:200]!r}")
         return obj

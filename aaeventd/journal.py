@@ -12,6 +12,7 @@ seq of its first line, so the files are in seq order by name.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -23,13 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from aaeventd.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "interval", "never"]
 _NAME_RE = re.compile(r"^events-(\d{12})\.jsonl$")
 EPOCH_FILE = "epoch"
+LOCK_FILE = "lock"
 # How much of a file's tail to read when looking for its last line.
 _TAIL_CHUNK = 64 * 1024
+
+
+class JournalInUse(StartupError):
+    """Another process holds the journal directory's lock."""
 
 
 def new_epoch() -> str:
@@ -73,12 +81,19 @@ class Journal:
         self._fd: int | None = None
         self._size = 0
         self._dirty = False
+        self._lock_fd: int | None = None
 
     # -- opening -----------------------------------------------------------------
 
     def open(self) -> JournalState:
-        """Create the directory if needed, read the epoch and resume the last seq."""
+        """Lock the directory, read the epoch and resume the last seq.
+
+        Raises:
+            JournalInUse: another aaeventd holds this journal (two writers would hand
+                out the same seq).
+        """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock()
         state = JournalState(epoch="", last_seq=0)
         epoch_path = self.directory / EPOCH_FILE
         files = self.files()
@@ -105,6 +120,17 @@ class Journal:
                 state.last_seq = last
                 break
         return state
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalInUse(
+                f"the journal {self.directory} is in use by another aaeventd"
+            ) from None
+        self._lock_fd = fd
 
     def files(self) -> list[Path]:
         """The journal files, oldest first."""
@@ -196,12 +222,15 @@ class Journal:
         self._dirty = False
 
     def close(self) -> None:
-        """Flush to disk (unless ``fsync: never``) and close the current file."""
+        """Flush to disk (unless ``fsync: never``), close the file, release the lock."""
         if self._fd is not None:
             if self.fsync != "never":
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- reading -----------------------------------------------------------------
 

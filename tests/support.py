@@ -12,15 +12,17 @@ import asyncio
 import contextlib
 import json
 import os
-import selectors
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -189,20 +191,65 @@ def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = TIMEOUT) -> str:
-    """Read the process's stderr until a line containing ``needle`` (fails on exit)."""
-    assert proc.stderr is not None
-    end = time.monotonic() + timeout
-    seen: list[str] = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stderr, selectors.EVENT_READ)
-        while time.monotonic() < end:
-            if not sel.select(timeout=max(0.0, end - time.monotonic())):
-                break
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
+class StderrLines:
+    """Every stderr line of a subprocess, read by a thread and handed out in order.
+
+    The reader thread keeps the pipe drained (a daemon never blocks on a full pipe)
+    and, unlike a ``select`` on a buffered text stream, never misses a line that
+    arrived in the same read as the previous one.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._read, args=(proc.stderr,), name="stderr-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, needle: str, timeout: float = TIMEOUT) -> str:
+        """The next line containing ``needle`` (fails on a deadline or at end of stderr)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"{needle!r} not seen in stderr within {timeout}s:\n{''.join(self.lines)}"
+                ) from None
+            if line is None:
+                self._queue.put(None)
+                raise AssertionError(
+                    f"{needle!r} not seen before stderr closed:\n{''.join(self.lines)}"
+                )
             if needle in line:
                 return line
-    raise AssertionError(f"{needle!r} not seen in stderr within {timeout}s:\n{''.join(seen)}")
+
+    def join(self) -> None:
+        self._thread.join(TIMEOUT)
+        assert not self._thread.is_alive(), "stderr still open after the process ended"
+
+
+_readers: weakref.WeakKeyDictionary[subprocess.Popen[str], StderrLines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def stderr_lines(proc: subprocess.Popen[str]) -> StderrLines:
+    """The one :class:`StderrLines` reader of ``proc`` (created on first use)."""
+    reader = _readers.get(proc)
+    if reader is None:
+        reader = _readers[proc] = StderrLines(proc)
+    return reader
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = TIMEOUT) -> str:
+    """The next stderr line of ``proc`` containing ``needle`` (fails on a deadline)."""
+    return stderr_lines(proc).wait_for(needle, timeout)

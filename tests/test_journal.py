@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aaeventd.journal import EPOCH_FILE, Journal
+from aaeventd.journal import EPOCH_FILE, Journal, JournalInUse
 
 
 def lines(first: int, last: int, pad: int = 0) -> bytes:
@@ -144,3 +144,15 @@ def test_every_fsync_policy_writes_before_returning(tmp_path: Path, policy: str)
     assert path.read_bytes() == lines(1, 1)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     j.close()
+
+
+def test_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    """Two daemons on one journal would reuse seqs: the second open is refused."""
+    first = journal(tmp_path)
+    first.open()
+    with pytest.raises(JournalInUse):
+        journal(tmp_path).open()
+    first.close()
+    second = journal(tmp_path)
+    assert second.open().last_seq == 0
+    second.close()
