@@ -150,7 +150,7 @@ class Daemon:
                 self.hub.epoch,
                 self.hub.last_seq,
             )
-            self.notifier.ready(self._status_line())
+            self._notify_ready()
             self.ready.set()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._deadlines())
@@ -194,6 +194,7 @@ class Daemon:
         await self.ws.close()
         if self.journal is not None:
             self.journal.close()
+        self.notifier.close()
         self.stopped.set()
         log.info("stopped after %d events", self.counters.events_in)
 
@@ -255,21 +256,38 @@ class Daemon:
     # -- reload (SIGHUP) ---------------------------------------------------------
 
     def reload(self) -> None:
-        """Read the config again and apply what can change live."""
+        """Read the config again and apply what can change live.
+
+        Nothing changes when the new config is invalid, would leave a public port
+        unguarded, or names a token file that cannot be used: the reason goes to the
+        log and to ``STATUS=``.  ``READY=1`` follows ``RELOADING=1`` every time (a
+        ``systemctl reload`` waits for it).
+        """
         self.notifier.reloading()
         try:
             new, _ = load_config(self.config_path, env=self.env)
-        except ConfigError as exc:
+            restart_keys = changed_restart_keys(self.config, new)
+            new = with_restart_keys_from(self.config, new)
+            token_file = resolve_token_file(new)
+            if token_file is not None:
+                load_or_create_token(token_file)  # fails here, before anything changed
+        except (ConfigError, OSError) as exc:
             self.counters.last_error = f"reload failed: {exc}"
             log.error("reload failed, keeping the old config: %s", exc)
-            self.notifier.ready(self._status_line())
+            self._notify_ready()
             return
-        for key in changed_restart_keys(self.config, new):
+        for key in restart_keys:
             log.warning("reload: %s changed; it takes effect only after a restart", key)
-        new = with_restart_keys_from(self.config, new)
         self.apply_config(new)
+        if (self.counters.last_error or "").startswith("reload failed"):
+            self.counters.last_error = None
         log.info("configuration reloaded")
-        self.notifier.ready(self._status_line())
+        self._notify_ready()
+
+    def _notify_ready(self) -> None:
+        """``READY=1`` with the current ``STATUS=`` (which housekeeping then need not repeat)."""
+        self._status_text = self._status_line()
+        self.notifier.ready(self._status_text)
 
     def apply_config(self, new: Config) -> None:
         """Apply live-reloadable settings (everything but sockets)."""

@@ -1,0 +1,514 @@
+"""The systemd side (PROTOCOL §5): unit files, ``install-service``, socket activation
+and the directories systemd hands over.
+
+``systemd-analyze verify`` (Debian package ``systemd``) is a hard requirement: the
+unit files are checked by systemd's own parser, not by string matching alone.
+Socket activation is driven the way systemd does it: the test creates the listening
+sockets, a tiny launcher puts them on fds 3 and 4, sets ``LISTEN_PID`` (its own pid,
+kept across ``exec``), ``LISTEN_FDS`` and ``LISTEN_FDNAMES``, and execs the daemon.
+
+A real ``systemd --user`` manager is not started here: see docs/systemd.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aaeventd.config import parse_config, resolve_journal_dir, resolve_socket_path
+from aaeventd.service import (
+    SERVICE_UNIT,
+    SOCKET_UNITS,
+    default_unit_dir,
+    exec_path,
+    install_service,
+    render_units,
+)
+from tests.support import REPO, TIMEOUT, aaeventd_cmd, short_tmpdir, subprocess_env
+from tests.test_notify import Log, line_source, write_config, ws_client
+
+SHIPPED = REPO / "systemd"
+
+# Puts the fds named in TEST_PASS_FDS on 3, 4, ... and execs the daemon with the
+# socket-activation variables; exec keeps the pid, so LISTEN_PID is the daemon's.
+ACTIVATION_LAUNCHER = r"""
+import fcntl, os, sys
+src = [int(fd) for fd in os.environ.pop("TEST_PASS_FDS").split(",")]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in src]
+for fd in src:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = str(len(high))
+os.environ["LISTEN_FDNAMES"] = os.environ.pop("TEST_FDNAMES")
+os.execv(sys.executable, [sys.executable, "-m", "aaeventd", *sys.argv[1:]])
+"""
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    """``Section.Key`` -> values, in order, from a unit file."""
+    found: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        found.setdefault(f"{section}.{key}", []).append(value)
+    return found
+
+
+def analyze_verify(tmp: Path, files: list[Path], *, user: bool) -> subprocess.CompletedProcess[str]:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: install the Debian package 'systemd'"
+    runtime = tmp / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_COLOR": "0"}
+    args = [analyze, *(["--user"] if user else []), "verify", *map(str, files)]
+    return subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def write_units(directory: Path, units: dict[str, str]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in units.items():
+        (directory / name).write_text(text, encoding="utf-8")
+        paths.append(directory / name)
+    return paths
+
+
+# -- the unit files --------------------------------------------------------------------
+
+
+def test_shipped_units_are_the_rendered_templates() -> None:
+    """systemd/*.service|socket are exactly what install-service renders for /usr/bin/python3."""
+    rendered = render_units(python="/usr/bin/python3", socket_activated=True)
+    shipped = {p.name: p.read_text(encoding="utf-8") for p in SHIPPED.iterdir()}
+    assert shipped == rendered
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+@pytest.mark.parametrize("socket_activated", [False, True], ids=["plain", "socket"])
+def test_rendered_units_pass_systemd_analyze_verify(user: bool, socket_activated: bool) -> None:
+    """systemd-analyze verify accepts the rendered units: exit 0 and not one warning."""
+    with short_tmpdir() as tmp:
+        units = render_units(python=sys.executable, socket_activated=socket_activated)
+        files = write_units(tmp / "units", units)
+        done = analyze_verify(tmp, files, user=user)
+        assert (done.returncode, done.stderr, done.stdout) == (0, "", "")
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_shipped_units_pass_systemd_analyze_verify(user: bool) -> None:
+    """The shipped units verify too (their ExecStart is /usr/bin/python3)."""
+    assert os.access("/usr/bin/python3", os.X_OK)
+    with short_tmpdir() as tmp:
+        done = analyze_verify(tmp, sorted(SHIPPED.iterdir()), user=user)
+        assert (done.returncode, done.stderr, done.stdout) == (0, "", "")
+
+
+def test_analyze_verify_would_catch_a_bad_unit() -> None:
+    """The verify check has teeth: an unknown key or a 253-only type gives warnings."""
+    with short_tmpdir() as tmp:
+        text = render_units(python=sys.executable, socket_activated=False)[SERVICE_UNIT]
+        bad = text.replace("Type=notify\n", "Type=notify-reload\nNoSuchKey=1\n")
+        done = analyze_verify(tmp, write_units(tmp / "units", {SERVICE_UNIT: bad}), user=True)
+        assert "notify-reload" in done.stderr
+        assert "NoSuchKey" in done.stderr
+
+
+def test_service_unit_directives() -> None:
+    """Type=notify, watchdog, restart, reload by SIGHUP, and sandboxing under PrivateUsers."""
+    unit = directives(
+        render_units(python="/opt/py/bin/python", socket_activated=False)[SERVICE_UNIT]
+    )
+    service = {k.removeprefix("Service."): v for k, v in unit.items() if k.startswith("Service.")}
+    assert service["Type"] == ["notify"]
+    assert service["NotifyAccess"] == ["main"]
+    assert service["ExecStart"] == ["/opt/py/bin/python -m aaeventd run"]
+    assert service["ExecReload"] == ["kill -HUP $MAINPID"]
+    assert service["Restart"] == ["on-failure"]
+    assert int(service["WatchdogSec"][0]) >= 5
+    assert int(service["TimeoutStopSec"][0]) >= 5
+    assert service["RuntimeDirectory"] == service["StateDirectory"] == ["aaeventd"]
+    assert service["RuntimeDirectoryMode"] == service["StateDirectoryMode"] == ["0700"]
+    assert service["RuntimeDirectoryPreserve"] == ["yes"]
+    # In a user manager these fail the start (218/CAPABILITIES) or do nothing
+    # without PrivateUsers=yes.
+    assert service["PrivateUsers"] == ["yes"]
+    for key in (
+        "CapabilityBoundingSet",
+        "PrivateDevices",
+        "ProtectClock",
+        "ProtectKernelLogs",
+        "ProtectKernelModules",
+        "PrivateTmp",
+        "ProtectSystem",
+        "ProtectHome",
+        "NoNewPrivileges",
+        "SystemCallFilter",
+        "SystemCallErrorNumber",
+    ):
+        assert key in service, key
+    assert service["SystemCallErrorNumber"] == ["EPERM"]  # not SIGSYS
+    assert unit["Install.WantedBy"] == ["default.target"]
+
+
+def test_socket_units_name_their_fds_and_use_the_daemons_default_path() -> None:
+    """events/websocket fd names, both for aaeventd.service, at the paths clients expect."""
+    units = render_units(python="/usr/bin/python3", socket_activated=True)
+    events = directives(units["aaeventd.socket"])
+    ws = directives(units["aaeventd-ws.socket"])
+    assert events["Socket.FileDescriptorName"] == ["events"]
+    assert ws["Socket.FileDescriptorName"] == ["websocket"]
+    assert events["Socket.Service"] == ws["Socket.Service"] == [SERVICE_UNIT]
+    assert events["Socket.SocketMode"] == ["0600"]
+    assert events["Socket.DirectoryMode"] == ["0700"]
+    assert events["Install.WantedBy"] == ws["Install.WantedBy"] == ["sockets.target"]
+    # %t is $XDG_RUNTIME_DIR in a user manager: the same file `aaeventd emit` uses,
+    # and $RUNTIME_DIRECTORY/events.sock for the service.
+    assert events["Socket.ListenStream"] == ["%t/aaeventd/events.sock"]
+    defaults = parse_config({})
+    assert resolve_socket_path(defaults, {"XDG_RUNTIME_DIR": "/R"}) == Path(
+        "/R/aaeventd/events.sock"
+    )
+    assert resolve_socket_path(defaults, {"RUNTIME_DIRECTORY": "/R/aaeventd"}) == Path(
+        "/R/aaeventd/events.sock"
+    )
+    port = defaults.websocket.port
+    assert ws["Socket.ListenStream"] == [f"{defaults.websocket.host}:{port}"]
+
+
+def test_exec_path_quotes_what_systemd_parses_back() -> None:
+    """A space, % and $ in the interpreter path survive systemd's parser (verify finds it)."""
+    with short_tmpdir() as tmp:
+        odd = tmp / "my py%$dir"
+        odd.mkdir()
+        (odd / "python").symlink_to(sys.executable)
+        python = str(odd / "python")
+        units = render_units(python=python, socket_activated=False)
+        assert exec_path(python) == f'"{tmp}/my py%%$dir/python"'
+        done = analyze_verify(tmp, write_units(tmp / "units", units), user=True)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert exec_path("/usr/bin/python3") == "/usr/bin/python3"
+        for bad in ('/a"b/python', "/a\\b/python", "/a'b/python", "/a\nb/python"):
+            with pytest.raises(ValueError, match="quotes, backslashes"):
+                exec_path(bad)
+
+
+# -- install-service ------------------------------------------------------------------
+
+
+def other_warnings(err: io.StringIO) -> list[str]:
+    """Lines on ``err`` except the PrivateTmp one a checkout under /tmp always gets."""
+    return [ln for ln in err.getvalue().splitlines() if "under a temporary directory" not in ln]
+
+
+@contextlib.contextmanager
+def fake_systemctl(tmp: Path, monkeypatch: pytest.MonkeyPatch, rc: int) -> Iterator[Path]:
+    """A ``systemctl`` on PATH that records its arguments (no user manager runs here)."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    calls = tmp / "systemctl-calls"
+    script = bin_dir / "systemctl"
+    script.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'[ {rc} -eq 0 ] || echo "Failed to connect to bus: No medium found" >&2\nexit {rc}\n',
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    yield calls
+
+
+def test_install_service_writes_units_and_reloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes aaeventd.service for this python, runs daemon-reload, prints the next steps."""
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0) as calls:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
+        out, err = io.StringIO(), io.StringIO()
+        rc = install_service(socket_activated=False, dry_run=False, out=out, err=err)
+        unit_dir = tmp / "cfg" / "systemd" / "user"
+        assert rc == 0
+        assert default_unit_dir() == unit_dir
+        assert sorted(p.name for p in unit_dir.iterdir()) == [SERVICE_UNIT]
+        text = (unit_dir / SERVICE_UNIT).read_text(encoding="utf-8")
+        assert text == render_units(python=sys.executable, socket_activated=False)[SERVICE_UNIT]
+        assert f"ExecStart={sys.executable} -m aaeventd run\n" in text
+        assert stat.S_IMODE((unit_dir / SERVICE_UNIT).stat().st_mode) == 0o644
+        assert calls.read_text(encoding="utf-8") == "--user daemon-reload\n"
+        printed = out.getvalue()
+        assert f"wrote {unit_dir / SERVICE_UNIT}\n" in printed
+        assert "ran systemctl --user daemon-reload\n" in printed
+        assert "  systemctl --user enable --now aaeventd.service\n" in printed
+        assert "systemctl --user link" not in printed
+        assert other_warnings(err) == []
+
+
+def test_install_service_socket_activated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--socket-activated adds both socket units and says to enable those."""
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0):
+        out, err = io.StringIO(), io.StringIO()
+        unit_dir = tmp / "units"
+        rc = install_service(
+            socket_activated=True, dry_run=False, unit_dir=unit_dir, out=out, err=err
+        )
+        assert rc == 0
+        assert sorted(p.name for p in unit_dir.iterdir()) == sorted([SERVICE_UNIT, *SOCKET_UNITS])
+        printed = out.getvalue()
+        assert "  systemctl --user enable --now aaeventd.socket aaeventd-ws.socket\n" in printed
+        # Not the manager's own directory: link the files in first.
+        assert f"  systemctl --user link {unit_dir / SERVICE_UNIT} " in printed
+        assert other_warnings(err) == []
+        # A later plain install warns about the socket units left behind.
+        out, err = io.StringIO(), io.StringIO()
+        rc = install_service(
+            socket_activated=False, dry_run=False, unit_dir=unit_dir, out=out, err=err
+        )
+        assert rc == 0
+        assert "systemctl --user disable --now aaeventd.socket aaeventd-ws.socket" in err.getvalue()
+
+
+def test_install_service_dry_run_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dry-run prints the units and the commands; writes no file, runs no systemctl."""
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0) as calls:
+        out, err = io.StringIO(), io.StringIO()
+        unit_dir = tmp / "units"
+        rc = install_service(
+            socket_activated=True, dry_run=True, unit_dir=unit_dir, out=out, err=err
+        )
+        assert rc == 0
+        assert not unit_dir.exists()
+        assert not calls.exists()
+        printed = out.getvalue()
+        for name, text in render_units(python=sys.executable, socket_activated=True).items():
+            assert f"# {unit_dir / name} (dry run: not written)\n{text}" in printed
+        assert "Would run: systemctl --user daemon-reload\n" in printed
+        assert other_warnings(err) == []
+
+
+def test_install_service_reports_a_failed_daemon_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user manager: the units are still written, exit 0, and the failure is explained."""
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=1):
+        out, err = io.StringIO(), io.StringIO()
+        rc = install_service(
+            socket_activated=False, dry_run=False, unit_dir=tmp / "u", out=out, err=err
+        )
+        assert rc == 0
+        assert (tmp / "u" / SERVICE_UNIT).exists()
+        assert "daemon-reload failed (Failed to connect to bus: No medium found)" in err.getvalue()
+        assert "  systemctl --user enable --now aaeventd.service\n" in out.getvalue()
+
+
+def test_install_service_without_systemctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No systemctl on PATH: units written, and the reload is left to the user."""
+    with short_tmpdir() as tmp:
+        monkeypatch.setenv("PATH", str(tmp))
+        out, err = io.StringIO(), io.StringIO()
+        rc = install_service(
+            socket_activated=False, dry_run=False, unit_dir=tmp / "u", out=out, err=err
+        )
+        assert rc == 0
+        assert (tmp / "u" / SERVICE_UNIT).exists()
+        assert "systemctl not found" in err.getvalue()
+
+
+def test_install_service_warns_about_an_interpreter_under_tmp() -> None:
+    """PrivateTmp=yes hides /tmp from the service: an interpreter there gets a warning."""
+    with short_tmpdir() as tmp:
+        (tmp / "python").symlink_to(sys.executable)
+        err = io.StringIO()
+        rc = install_service(
+            socket_activated=False,
+            dry_run=True,
+            unit_dir=tmp / "u",
+            python=str(tmp / "python"),
+            out=io.StringIO(),
+            err=err,
+        )
+        assert rc == 0
+        assert f"warning: {tmp / 'python'} is under a temporary directory" in err.getvalue()
+
+
+def test_install_service_refuses_bad_interpreter_and_unwritable_dir() -> None:
+    """A relative or missing interpreter is a usage error (2); an unwritable dir fails (1)."""
+    with short_tmpdir() as tmp:
+        for python in ("python3", str(tmp / "absent"), ""):
+            err = io.StringIO()
+            rc = install_service(
+                socket_activated=False,
+                dry_run=True,
+                unit_dir=tmp / "u",
+                python=python,
+                out=io.StringIO(),
+                err=err,
+            )
+            assert rc == 2
+            assert "is not an absolute path to an executable" in err.getvalue()
+        (tmp / "file").write_text("", encoding="utf-8")
+        err = io.StringIO()
+        rc = install_service(
+            socket_activated=False,
+            dry_run=False,
+            unit_dir=tmp / "file" / "u",
+            out=io.StringIO(),
+            err=err,
+        )
+        assert rc == 1
+        assert "cannot write the unit files" in err.getvalue()
+
+
+# -- socket activation and systemd's directories (the daemon as a subprocess) -------------
+
+
+@contextlib.contextmanager
+def activated_daemon(
+    tmp: Path, socks: list[socket.socket], names: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    cfg = write_config(tmp)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ACTIVATION_LAUNCHER, "run", "--config", str(cfg)],
+        env=subprocess_env(
+            tmp, TEST_PASS_FDS=",".join(str(s.fileno()) for s in socks), TEST_FDNAMES=names
+        ),
+        pass_fds=[s.fileno() for s in socks],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def healthz(port: int) -> dict[str, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 200
+        body = json.loads(response.read())
+        assert isinstance(body, dict)
+        return body
+    finally:
+        conn.close()
+
+
+def fd_cloexec(pid: int, fd: int) -> bool:
+    text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text(encoding="ascii")
+    match = re.search(r"^flags:\s*([0-7]+)$", text, re.M)
+    assert match, text
+    return bool(int(match.group(1), 8) & 0o2000000)  # O_CLOEXEC
+
+
+@pytest.mark.parametrize("inherited", ["both", "events", "websocket"])
+def test_socket_activation_adopts_inherited_sockets(inherited: str) -> None:
+    """Inherited fds named events/websocket are served instead of binding; any subset works."""
+    with short_tmpdir() as tmp, contextlib.ExitStack() as stack:
+        socks: list[socket.socket] = []
+        names: list[str] = []
+        unix_path = tmp / "activated.sock"
+        tcp_port = None
+        if inherited in ("both", "events"):
+            unix = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            unix.bind(str(unix_path))
+            unix.listen(16)
+            socks.append(unix)
+            names.append("events")
+        if inherited in ("both", "websocket"):
+            tcp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            tcp.bind(("127.0.0.1", 0))
+            tcp.listen(16)
+            tcp_port = tcp.getsockname()[1]
+            socks.append(tcp)
+            names.append("websocket")
+        proc = stack.enter_context(activated_daemon(tmp, socks, ":".join(names)))
+        log = Log(proc)
+        line = log.until(" ready: ")[-1]
+        match = re.search(r"sources on (\S+), clients on ws://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        served_path, port = Path(match.group(1)), int(match.group(2))
+        expect_path = unix_path if "events" in names else tmp / "ev.sock"
+        with line_source(served_path), ws_client(port):
+            health = healthz(port)
+        cloexec = [fd_cloexec(proc.pid, 3 + i) for i in range(len(socks))]
+        bound_own = (tmp / "ev.sock").exists()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(TIMEOUT)
+        assert served_path == expect_path
+        assert (health["port"], health["socket_path"]) == (port, str(expect_path))
+        if tcp_port is not None:
+            assert port == tcp_port
+        assert bound_own is ("events" not in names)  # bound itself only when not inherited
+        assert cloexec == [True] * len(socks)
+        assert code == 0
+        # The daemon never removes a socket file it did not create (the .socket unit's).
+        if "events" in names:
+            assert stat.S_ISSOCK(unix_path.stat().st_mode)
+
+
+def test_daemon_uses_state_and_runtime_directory_from_systemd() -> None:
+    """With STATE_DIRECTORY/RUNTIME_DIRECTORY set, the journal and socket live there."""
+    with short_tmpdir() as tmp:
+        state, runtime = tmp / "sd-state", tmp / "sd-runtime"
+        state.mkdir(mode=0o700)
+        runtime.mkdir(mode=0o700)
+        cfg = tmp / "config.yaml"
+        cfg.write_text("websocket:\n  port: 0\n", encoding="utf-8")
+        env = subprocess_env(tmp, STATE_DIRECTORY=str(state), RUNTIME_DIRECTORY=str(runtime))
+        proc = subprocess.Popen(
+            aaeventd_cmd("run", "--config", str(cfg)),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            log = Log(proc)
+            seen = log.until(" ready: ")
+            with line_source(runtime / "events.sock") as source:
+                ack = source.send({"type": "persona_changed", "persona": "x"})
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(TIMEOUT)
+            assert proc.stderr is not None
+            proc.stderr.close()
+        defaults = parse_config({"websocket": {"port": 0}})
+        assert resolve_journal_dir(defaults, env) == state / "journal"
+        assert f"journal {state / 'journal'}: " in "".join(seen)
+        assert f"sources on {runtime / 'events.sock'}, " in seen[-1]
+        assert ack["seq"] == 1
+        assert [p.name for p in (state / "journal").glob("*.jsonl")] == [
+            "events-000000000001.jsonl"
+        ]
+        assert not (tmp / "state" / "aaeventd").exists()
+        assert not (tmp / "run" / "aaeventd").exists()
+        assert code == 0
