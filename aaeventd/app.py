@@ -382,6 +382,7 @@ class Daemon:
             skill = "***"
         if step is not None and "step_name" in hidden:
             step = "***"
+        skill, step = _loggable(skill), _loggable(step)
         events_log.info(
             "event seq=%d type=%s pid=%s skill=%s step=%s delivered=%d",
             stamped.seq,
@@ -688,6 +689,13 @@ def _control_frame(message: dict[str, Any]) -> bytes:
 
 def _gap(reason: str, first: int | None, last: int | None) -> dict[str, Any]:
     return {"type": "replay_gap", "reason": reason, "from": first, "to": last}
+
+
+def _loggable(value: Any) -> Any:
+    """A source's string as it may appear in one log line: control characters escaped."""
+    if isinstance(value, str) and not value.isprintable():
+        return value.encode("unicode_escape").decode("ascii")
+    return value
 
 
 def _hub_limits(cfg: Config) -> HubLimits:

@@ -207,11 +207,13 @@ class Hub:
         The dict is updated in place: ``seq`` is overwritten where the source put it,
         otherwise appended, and ``timestamp`` is appended only when absent.
         """
-        self.last_seq += 1
-        event["seq"] = self.last_seq
+        seq = self.last_seq + 1
+        event["seq"] = seq
         if "timestamp" not in event:
             event["timestamp"] = rfc3339_utc(wall)
-        stamped = Stamped.build(self.last_seq, event_type, event)
+        stamped = Stamped.build(seq, event_type, event)
+        # Committed only once encoded: a failure above never leaves a hole in the seqs.
+        self.last_seq = seq
         self._ring.append(stamped)
         self.stats.events_out += 1
         self.stats.by_type[event_type] = self.stats.by_type.get(event_type, 0) + 1

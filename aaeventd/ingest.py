@@ -334,10 +334,11 @@ def bind_unix_socket(path: Path) -> socket.socket:
     """Create the listening socket at ``path``: dir 0700 if missing, socket 0600.
 
     A stale socket (nobody answers) is replaced; a live one, or a path that is not a
-    socket, is refused.
+    socket, is refused.  So is a directory another user could tamper with (see
+    :func:`_check_directory`).
 
     Raises:
-        StartupError: the path is in use or cannot be created.
+        StartupError: the path is in use, unsafe or cannot be created.
     """
     try:
         if not path.parent.exists():
@@ -346,6 +347,7 @@ def bind_unix_socket(path: Path) -> socket.socket:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             finally:
                 os.umask(old)
+        _check_directory(path.parent)
         _clear_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -359,6 +361,34 @@ def bind_unix_socket(path: Path) -> socket.socket:
     except OSError as exc:
         raise StartupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
     return sock
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse a socket directory that another user could tamper with.
+
+    Whoever owns the directory (or can write to it without the sticky bit) can remove
+    our socket and put their own in its place: sources would then send their events,
+    and take their confirmation answers, from that user.  The directory (and the
+    symlink naming it, if it is one) must belong to us or to root, and must not be
+    world-writable unless sticky (like ``/tmp``).  This matters for the fallback
+    ``/tmp/aaeventd-$UID``, which any local user could create first.
+
+    Raises:
+        StartupError: the directory is unsafe.
+    """
+    own = os.getuid()
+    for st in (os.lstat(directory), os.stat(directory)):
+        if st.st_uid not in (own, 0):
+            raise StartupError(
+                f"{directory} belongs to uid {st.st_uid}, not to us (uid {own}):"
+                " refusing to put the socket there"
+            )
+    mode = os.stat(directory).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise StartupError(
+            f"{directory} is writable by every user (mode {stat.S_IMODE(mode):04o},"
+            " not sticky): refusing to put the socket there"
+        )
 
 
 def _clear_stale(path: Path) -> None:

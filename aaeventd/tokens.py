@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from aaeventd.errors import ConfigError
@@ -19,22 +20,44 @@ log = logging.getLogger(__name__)
 def load_or_create_token(path: Path) -> str:
     """The token in ``path``; a new 32-byte random one when the file is missing.
 
+    A token file that other users may read still works, with a warning.
+
     Raises:
-        ConfigError: the file exists but cannot be read or its first line is empty.
+        ConfigError: the file exists but cannot be read or its first line is empty,
+            or it is missing and cannot be created.
     """
     try:
         with path.open(encoding="utf-8") as fh:
             token = fh.readline().strip()
+            mode = os.fstat(fh.fileno()).st_mode
     except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(token + "\n")
-        log.info("created a new client token in %s", path)
-        return token
+        return _create(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("auth.token_file", f"cannot read {path}: {exc}") from exc
     if not token:
         raise ConfigError("auth.token_file", f"{path} has an empty first line")
+    if mode & 0o077:
+        log.warning(
+            "token file %s is accessible to other users (mode %04o); chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
+    return token
+
+
+def _create(path: Path) -> str:
+    token = secrets.token_urlsafe(32)
+    # Under a tight umask, so that missing parent directories are 0700 too, whatever
+    # the umask the daemon was started with.
+    old = os.umask(0o077)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError("auth.token_file", f"cannot create {path}: {exc}") from exc
+    finally:
+        os.umask(old)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    log.info("created a new client token in %s", path)
     return token

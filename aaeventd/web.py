@@ -27,6 +27,9 @@ from websockets.http11 import Request, Response
 log = logging.getLogger(__name__)
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+# Headers read as one value: a request carrying one of them twice is refused with 400
+# (RFC 9112 §3.2 for Host) instead of failing inside the access checks.
+_SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade", "User-Agent")
 WS_PATHS = frozenset({"/", "/ws"})
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -114,7 +117,7 @@ def token_ok(request: Request, expected: str) -> bool:
 
 
 def is_upgrade(request: Request) -> bool:
-    return "websocket" in request.headers.get("Upgrade", "").lower()
+    return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
 
 
 class HttpFront:
@@ -128,7 +131,7 @@ class HttpFront:
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         settings = self.settings
         path = urlsplit(request.path).path
-        refusal = self._check_access(request, path)
+        refusal = _check_single_headers(request) or self._check_access(request, path)
         if refusal is not None:
             status, text = refusal
             self.refused[status] = self.refused.get(status, 0) + 1
@@ -153,7 +156,7 @@ class HttpFront:
             query = parse_qs(urlsplit(request.path).query)
             for key in ("since",):
                 values = query.get(key)
-                if values and not (values[-1].isascii() and values[-1].isdigit()):
+                if values and not _is_count(values[-1]):
                     return _text(
                         http.HTTPStatus.BAD_REQUEST, f"{key} must be a non-negative integer\n"
                     )
@@ -193,6 +196,24 @@ class HttpFront:
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
 
 
+def _check_single_headers(request: Request) -> tuple[int, str] | None:
+    for name in _SINGLE_HEADERS:
+        if len(request.headers.get_all(name)) > 1:
+            return http.HTTPStatus.BAD_REQUEST, f"more than one {name} header"
+    return None
+
+
+def _is_count(value: str) -> bool:
+    """A non-negative integer that ``int()`` converts (at most 4300 digits by default)."""
+    if not (value.isascii() and value.isdigit()):
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _peer(connection: ServerConnection) -> str:
     try:
         return str(connection.remote_address)
@@ -208,6 +229,11 @@ def _body(status: int, body: bytes, content_type: str) -> Response:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
+            # No foreign page may frame the UI (clickjacking a confirmation answer),
+            # and the ?token= in its address never leaves in a Referer.
+            ("X-Frame-Options", "DENY"),
+            ("Content-Security-Policy", "frame-ancestors 'none'"),
+            ("Referrer-Policy", "no-referrer"),
             ("Connection", "close"),
         ]
     )

@@ -206,6 +206,10 @@ class ClientSession:
         """A control reply (never dropped for slowness while the connection is open)."""
         if self.closing or self.conn.protocol.state is not State.OPEN:
             return
+        if self.transport.get_write_buffer_size() > self.settings.slow_client_buffer_bytes:
+            # A client that sends heartbeats but never reads the acks.
+            self.close_slow()
+            return
         self.transport.write(ws_text_frame(encode_json(message)))
         self.frames_sent += 1
 
@@ -228,6 +232,28 @@ class ClientSession:
         if self._abort is not None:
             self._abort.cancel()
             self._abort = None
+
+
+def _bounded_connection(settings: StreamSettings) -> type[ServerConnection]:
+    """A ServerConnection that drops a peer whose unread replies pile up.
+
+    websockets answers every ping with a pong by itself; a client that floods pings
+    and never reads would grow our write buffer without bound.  Events and control
+    replies are bounded in :class:`ClientSession`; this covers what websockets writes.
+    """
+
+    class BoundedConnection(ServerConnection):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.transport.get_write_buffer_size() > settings.slow_client_buffer_bytes:
+                log.warning(
+                    "dropping %s: %d bytes of replies unread",
+                    self.remote_address,
+                    self.transport.get_write_buffer_size(),
+                )
+                self.transport.abort()
+
+    return BoundedConnection
 
 
 class WsServer:
@@ -272,6 +298,7 @@ class WsServer:
         )
         self._server = await serve(
             self._handler,
+            create_connection=_bounded_connection(self.settings),
             process_request=self.front,
             compression=None,  # frames are shared bytes: no per-client deflate
             max_size=self._max_message_bytes,

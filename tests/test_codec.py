@@ -312,3 +312,18 @@ def test_lone_surrogate_check_matches_python_parse(parts: list[str]) -> None:
     else:
         with pytest.raises(ProtocolError, match=r"^invalid_json: lone surrogate in string$"):
             decode_object(text.encode())
+
+
+def test_nesting_past_max_depth_is_invalid_json() -> None:
+    """Nesting deeper than MAX_DEPTH is refused; exactly MAX_DEPTH is fine."""
+    from aaeventd.protocol.codec import MAX_DEPTH
+
+    def nested(depth: int) -> bytes:
+        inner = "[" * (depth - 1) + "]" * (depth - 1)
+        return ('{"type":"x","v":' + inner + "}").encode()
+
+    assert decode_object(nested(MAX_DEPTH))["type"] == "x"
+    with pytest.raises(ProtocolError) as info:
+        decode_object(nested(MAX_DEPTH + 1))
+    assert info.value.code is ErrorCode.INVALID_JSON
+    assert str(MAX_DEPTH) in info.value.message

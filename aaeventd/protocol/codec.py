@@ -34,6 +34,10 @@ __all__ = [
 TYPE_NAME_RE: re.Pattern[str] = re.compile(r"\A[a-z][a-z0-9_.:-]{0,63}\Z")
 """A valid event ``type``: anchored with ``\\A``/``\\Z``, so no trailing newline slips by."""
 
+# The deepest nesting accepted: deeper, and encoding the event again (journal, log)
+# could exceed Python's recursion limit.
+MAX_DEPTH = 800
+
 # How much of an offending value an error message quotes.
 _QUOTE_MAX = 80
 
@@ -96,6 +100,10 @@ def _loads(text: str) -> Any:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"number too long: {exc}") from None
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
+    # Deep nesting that parsed could still overflow the stack when the event is encoded
+    # again further down: refuse it here.  Counting brackets is a cheap upper bound.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"JSON nested deeper than {MAX_DEPTH} levels")
     # Lone surrogates would make the broadcast invalid UTF-8; they can only come from
     # \uD8xx-\uDFxx escapes (the UTF-8 decoder refuses encoded ones).
     if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
@@ -103,6 +111,23 @@ def _loads(text: str) -> Any:
             if match.group("lone") is not None:
                 raise ProtocolError(ErrorCode.INVALID_JSON, "lone surrogate in string")
     return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_type(obj: dict[str, Any]) -> str:
