@@ -320,6 +320,14 @@ class Daemon:
     def _execute(self, effects: list[Effect]) -> None:
         for effect in effects:
             if isinstance(effect, Broadcast):
+                if effect.stamped.type == "confirmation_expired":
+                    event = effect.stamped.event
+                    audit_log.info(
+                        "confirmation %s expired (%s); response %r",
+                        event.get("id"),
+                        event.get("reason"),
+                        event.get("response"),
+                    )
                 self._batch.append(effect)
             else:
                 self._to_source(effect)

@@ -1,4 +1,4 @@
-"""The ``aaeventd`` command: ``run``, ``check-config``, ``emit``, ``watch``.
+"""The ``aaeventd`` command: ``run``, ``check-config``, ``emit``, ``watch``, ``confirm``.
 
 ``main(argv) -> int`` parses the command line and returns the exit code: 0 success,
 1 runtime failure (daemon unreachable, event rejected, socket in use), 2 bad
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from aaeventd.config import Config, load_config, resolve_socket_path, resolve_to
 from aaeventd.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+REMEMBER_CHOICES = ("none", "this-error", "this-skill", "always")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -99,6 +101,34 @@ def _build_parser() -> argparse.ArgumentParser:
         "--count", type=int, help="exit after printing this many events (for scripts)"
     )
     _config_arg(watch)
+
+    confirm = sub.add_parser(
+        "confirm",
+        help="list pending confirmations, or answer one",
+        description=(
+            "Without arguments: list the pending confirmations (id, seconds left, options,\n"
+            "prompt) and, on a terminal, ask which one to answer and how.\n"
+            "With ID RESPONSE: answer that confirmation. Exit 0 when this answer won, 1 when\n"
+            "the daemon refused it (unknown_confirmation: already answered, expired or never\n"
+            "pending; invalid_response: not one of its options) or is unreachable."
+        ),
+        epilog=(
+            "examples:\n"
+            "  aaeventd confirm\n"
+            "  aaeventd confirm 3f2a9c1e-5b7d-4c1a-9e8f-2d6b0a4c7e11 yes --remember this-skill"
+        ),
+        formatter_class=fmt,
+    )
+    confirm.add_argument("id", nargs="?", help="the confirmation's id")
+    confirm.add_argument("response", nargs="?", help="one of its options")
+    confirm.add_argument(
+        "--remember",
+        choices=REMEMBER_CHOICES,
+        default="none",
+        help="what the source should remember (default: none)",
+    )
+    confirm.add_argument("--url", help="WebSocket URL (default: from config)")
+    _config_arg(confirm)
     return parser
 
 
@@ -122,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _cmd_check_config,
         "emit": _cmd_emit,
         "watch": _cmd_watch,
+        "confirm": _cmd_confirm,
     }[args.command]
     try:
         return handler(args)
@@ -210,7 +241,10 @@ def _cmd_emit(args: argparse.Namespace) -> int:
         if args.type is not None:
             _err("give either TYPE KEY=VALUE... or --json OBJ, not both")
             return EXIT_USAGE
-        lines = [("", args.json_obj.encode())]
+        # One event, one line: a pretty-printed object is sent on one line (JSON
+        # whitespace), so the daemon's single reply is its reply.
+        text = args.json_obj.replace("\r", " ").replace("\n", " ")
+        lines = [("", text.encode())]
     elif args.type is not None:
         try:
             event = {"type": args.type, **_parse_fields(args.fields)}
@@ -231,7 +265,8 @@ def _cmd_emit(args: argparse.Namespace) -> int:
         socket_path = resolve_socket_path(config, env)
     status = EXIT_OK
     try:
-        with EventSource(socket_path, name="aaeventd-emit") as source:
+        # No reconnect: a one-shot command reports an absent daemon instead of buffering.
+        with EventSource(socket_path, name="aaeventd-emit", reconnect=False) as source:
             for label, line in lines:
                 try:
                     ack = source.send_line(line)
@@ -242,6 +277,7 @@ def _cmd_emit(args: argparse.Namespace) -> int:
                         loc = ".".join(str(p) for p in detail.get("loc", []))
                         print(f"  {loc}: {detail.get('msg')}", file=sys.stderr)
                     continue
+                assert ack is not None  # reconnect=False never buffers
                 if not args.quiet:
                     extra = f" id={ack.id}" if ack.id else ""
                     print(f"accepted seq={ack.seq} delivered={ack.delivered}{extra}")
@@ -257,8 +293,9 @@ def _cmd_emit(args: argparse.Namespace) -> int:
 def _ws_url(config: Config, args: argparse.Namespace, since: int | None, epoch: str | None) -> str:
     base = args.url or f"ws://{_url_host(config.websocket.host)}:{config.websocket.port}/"
     params: dict[str, str] = {}
-    if args.types:
-        params["types"] = args.types
+    types = getattr(args, "types", None)
+    if types:
+        params["types"] = types
     if since is not None:
         params["since"] = str(since)
     if epoch is not None:
@@ -352,6 +389,147 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             out.flush()
+
+
+# -- confirm -------------------------------------------------------------------------
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    if (args.id is None) != (args.response is None):
+        _err("confirm needs both ID and RESPONSE, or neither (to list and choose)")
+        return EXIT_USAGE
+    config, _ = _load(args)
+    # Only what tells whether we won (errors and heartbeat_ack are never filtered):
+    # a busy stream must not pile up while a human reads the prompt.
+    args.types = "confirmation_answered"
+    url = _ws_url(config, args, None, None)
+    shown = url.split("?")[0]
+    try:
+        with connect(
+            url,
+            open_timeout=5,
+            max_size=None,
+            close_timeout=2,
+            # Shown as answered_by.user_agent and in the daemon's audit line.
+            user_agent_header=f"aaeventd-confirm/{__version__} ({_login()})",
+        ) as ws:
+            snapshot = json.loads(ws.recv(timeout=10))
+            if args.id is not None:
+                return _answer(ws, args.id, args.response, args.remember)
+            pending = snapshot.get("pending_confirmations") or []
+            _print_pending(pending)
+            if not pending or not sys.stdin.isatty():
+                return EXIT_OK
+            choice = _choose(pending)
+            if choice is None:
+                return EXIT_OK
+            cid, response, remember = choice
+            return _answer(ws, cid, response, remember)
+    except InvalidStatus as exc:
+        _err(f"{shown} refused the connection: HTTP {exc.response.status_code}")
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        _err(f"cannot connect to {shown}: {exc} (is aaeventd running?)")
+    except ConnectionClosed as exc:
+        _err(f"the daemon closed the connection: {exc}")
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        _err("nothing answered")
+    return EXIT_FAILURE
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no name for our uid
+        return f"uid {os.getuid()}"
+
+
+def _print_pending(pending: list[dict[str, Any]]) -> None:
+    if not pending:
+        print("no pending confirmations")
+        return
+    for number, item in enumerate(pending, start=1):
+        remaining = item.get("remaining_seconds")
+        left = f"{remaining:.1f}s left" if isinstance(remaining, int | float) else "?"
+        if item.get("paused"):
+            left += ", paused"
+        options = "/".join(str(o) for o in item.get("options") or [])
+        print(f"{number}. {item.get('id')}  ({left})  [{options}]")
+        print(f"   {item.get('prompt') or item.get('message')}")
+        where = [
+            f"{key}={item[key]}"
+            for key in ("skill_name", "skill_id", "step_name", "step_index")
+            if item.get(key) is not None
+        ]
+        if where:
+            print(f"   {' '.join(where)}")
+        if item.get("claude_suggestion") is not None:
+            print(f"   suggestion: {item['claude_suggestion']}")
+
+
+def _choose(pending: list[dict[str, Any]]) -> tuple[str, str, str] | None:
+    """Ask on the terminal which confirmation to answer and how (None: none)."""
+    if len(pending) == 1:
+        item = pending[0]
+    else:
+        while True:
+            raw = input(f"answer which one? [1-{len(pending)}, empty: none] ").strip()
+            if not raw:
+                return None
+            if raw.isdigit() and 1 <= int(raw) <= len(pending):
+                item = pending[int(raw) - 1]
+                break
+            print(f"type a number from 1 to {len(pending)}")
+    options = [str(o) for o in item.get("options") or []]
+    while True:
+        raw = input(f"response to {item.get('id')} [{'/'.join(options)}, empty: none] ").strip()
+        if not raw:
+            return None
+        if raw in options:
+            response = raw
+            break
+        print(f"type one of: {', '.join(options)}")
+    while True:
+        raw = input(f"remember [{'/'.join(REMEMBER_CHOICES)}, empty: none] ").strip() or "none"
+        if raw in REMEMBER_CHOICES:
+            return str(item.get("id")), response, raw
+        print(f"type one of: {', '.join(REMEMBER_CHOICES)}")
+
+
+def _answer(ws: Any, cid: str, response: str, remember: str) -> int:
+    """Send the answer and tell whether it won.
+
+    A ``heartbeat`` sent right after is the barrier: the daemon handles a client's
+    messages in order and writes the outcome of the answer (the ``error`` reply, or
+    the ``confirmation_answered`` broadcast) before the ``heartbeat_ack``.  So the
+    answer won exactly when ``confirmation_answered`` for this id, and no ``error``,
+    arrives before that ack (another client's earlier win is followed by our error).
+    """
+    ws.send(
+        json.dumps(
+            {"type": "confirmation_response", "id": cid, "response": response, "remember": remember}
+        )
+    )
+    ws.send(json.dumps({"type": "heartbeat"}))
+    answered: dict[str, Any] | None = None
+    while True:
+        msg = json.loads(ws.recv(timeout=10))
+        kind = msg.get("type")
+        if kind == "error":
+            _err(f"not answered ({msg.get('code')}): {msg.get('message')}")
+            return EXIT_FAILURE
+        if kind == "confirmation_answered" and msg.get("id") == cid:
+            answered = msg
+        elif kind == "heartbeat_ack":
+            break
+    if answered is None:  # pragma: no cover - the daemon broke the protocol
+        _err(f"no confirmation_answered for {cid} from the daemon")
+        return EXIT_FAILURE
+    print(f"answered {cid}: {answered.get('response')} (remember={answered.get('remember')})")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

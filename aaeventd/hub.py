@@ -261,10 +261,11 @@ class Hub:
         if event_type == "skill_started":
             self._skill_started(event, wall, now)
             return
-        if event_type not in _STEP_TYPES and event_type not in _SKILL_END_TYPES:
-            return
         skill = self._find_skill(event)
         if skill is None:
+            return
+        if event_type not in _STEP_TYPES and event_type not in _SKILL_END_TYPES:
+            skill.last_event = now  # a heal or confirmation naming the skill: still alive
             return
         if event_type in _SKILL_END_TYPES:
             del self._skills[skill.key]
@@ -299,6 +300,8 @@ class Hub:
             self._skills.popitem(last=False)
 
     def _find_skill(self, event: dict[str, Any]) -> RunningSkill | None:
+        if not self._skills:
+            return None
         for name in _SKILL_KEYS:
             value = event.get(name)
             if not isinstance(value, str):

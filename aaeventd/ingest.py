@@ -18,6 +18,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -147,9 +148,20 @@ class SourceConnection(asyncio.Protocol):
         if not self._closed:
             self._process(self._framer.eof())
         self.half_closed = True
-        # Keep the write side open while a confirmation of ours still waits for its
-        # answer; the app closes us once it has been delivered.
+        if self._peer_gone():
+            return False  # an exited source: connection_lost follows, and source_gone
+        # A source that only shut its write side may still await a confirmation's
+        # answer: keep our side open; the app closes us once it has been delivered.
         return self.server.sink.keep_open_after_eof(self)
+
+    def _peer_gone(self) -> bool:
+        """True when the peer closed both directions (POLLHUP), not just its writes."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:  # pragma: no cover - a Unix socket transport always has one
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

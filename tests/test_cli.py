@@ -30,7 +30,7 @@ from aaeventd.wsserver import ClientSession
 from tests.support import REPO, TIMEOUT, make_config, short_tmpdir
 
 SHIPPED = REPO / "config" / "aaeventd.yaml"
-SUBCOMMANDS = ["run", "check-config", "emit", "watch"]
+SUBCOMMANDS = ["run", "check-config", "emit", "watch", "confirm"]
 T = TypeVar("T")
 
 

@@ -292,7 +292,7 @@ def test_kill_9_loses_no_acked_event_and_reuses_no_seq(tmp: Path) -> None:
 
     def send_forever(sock: str) -> None:
         try:
-            with EventSource(sock, name="flood", timeout=TIMEOUT) as source:
+            with EventSource(sock, name="flood", timeout=TIMEOUT, reconnect=False) as source:
                 for n in range(100_000):
                     seq = source.send({"type": "tick", "n": n}).seq
                     with progress:

@@ -364,3 +364,12 @@ def test_connected_snapshot_lists_pending_with_remaining_seconds() -> None:
     assert pending["remaining_seconds"] == 42.5
     assert pending["skill_name"] == "start_work"
     assert pending["prompt"] == pending["message"] == "Create branch?"
+
+
+def test_any_event_naming_a_skill_keeps_it_alive() -> None:
+    """A heal or confirmation naming the skill resets its idle hour."""
+    hub = Hub(epoch="e")
+    accept(hub, {"type": "skill_started", "skill_name": "a", "skill_id": "s1"}, now=0)
+    accept(hub, {"type": "heal_started", "skill_id": "s1"}, now=SKILL_IDLE_SECONDS - 1)
+    assert [s["skill_id"] for s in hub.running_skills(SKILL_IDLE_SECONDS + 1)] == ["s1"]
+    assert hub.running_skills(2 * SKILL_IDLE_SECONDS) == []
