@@ -35,7 +35,7 @@ from aaeventd.errors import ConfigError, StartupError
 from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, Stamped, ToSource
 from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
 from aaeventd.journal import Journal, new_epoch
-from aaeventd.logsetup import configure_logging, redact, redact_set
+from aaeventd.logsetup import configure_logging, log_batch, redact, redact_set
 from aaeventd.metrics import Metric, render_metrics
 from aaeventd.notify import Notifier, listen_fds
 from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
@@ -353,15 +353,20 @@ class Daemon:
         delivered = self.ws.fan_out(stamped)
         sources = self.ingest.sources
         log_info = events_log.isEnabledFor(logging.INFO)
-        for item, count in zip(batch, delivered, strict=True):
-            source = sources.get(item.source) if item.source is not None else None
-            if log_info:
-                self._log_event(item.stamped, source, count)
-            if item.ack_to is not None and source is not None:
-                ack: dict[str, Any] = {"type": "ack", "seq": item.stamped.seq, "delivered": count}
-                if item.ack_extra:
-                    ack.update(item.ack_extra)
-                source.reply(ack)
+        with log_batch():
+            for item, count in zip(batch, delivered, strict=True):
+                source = sources.get(item.source) if item.source is not None else None
+                if log_info:
+                    self._log_event(item.stamped, source, count)
+                if item.ack_to is not None and source is not None:
+                    ack: dict[str, Any] = {
+                        "type": "ack",
+                        "seq": item.stamped.seq,
+                        "delivered": count,
+                    }
+                    if item.ack_extra:
+                        ack.update(item.ack_extra)
+                    source.reply(ack)
         self.counters.events_in += len(batch)
 
     def _journal_append(self, stamped: list[Stamped]) -> None:
