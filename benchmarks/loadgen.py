@@ -1,0 +1,373 @@
+"""Load generators for the benchmarks: the source process and the client processes.
+
+Each function here is the body of one :mod:`multiprocessing` child started by
+``run_all.py``; it talks to the parent over one ``Pipe`` end only, with small tuples:
+``("ready", ...)`` once set up, then ``("done", result)`` or ``("error", text)``.
+
+Sources write NDJSON to the server's Unix socket with blocking ``sendall``.  Clients
+are asyncio WebSocket clients, one process holding many connections.  Two client
+implementations exist:
+
+* ``raw`` (the default): a real RFC 6455 client (HTTP upgrade, ``Sec-WebSocket-Accept``
+  checked, pings answered with masked pongs) whose receive path only reads frame
+  headers.  It costs the client side a few microseconds per frame, so that on two
+  cores the server, not the clients, is what gets measured.
+* ``websockets``: ``websockets.asyncio.client.connect`` and ``recv()``, the library's
+  full per-message path.  Several times dearer per frame; kept to show how much the
+  client side weighs.
+
+Timestamps are ``time.monotonic_ns()``: every process on the host reads the same
+``CLOCK_MONOTONIC``, so a send time taken in one process and a receive time taken in
+another subtract to a latency.  Nothing here opens anything but loopback and Unix
+sockets, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import os
+import re
+import socket
+import time
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_T_SEND = re.compile(rb'"t_send": ?(\d+)')
+_OP_TEXT, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x8, 0x9, 0xA
+
+# The measured event: a known type (so the daemon validates it with its model), about
+# 200 bytes as a source line.  ``%d`` slots: step_index, t_send.
+_EVENT_TEMPLATE = (
+    '{"type":"step_completed","skill_name":"bench","skill_id":"bench-0001",'
+    '"step_name":"fetch_issue","step_index":%d,"duration_ms":12.5,"result":"ok",'
+    '"output":"%s","t_send":%d}\n'
+)
+LINE_BYTES = 200
+
+
+def _padding() -> str:
+    probe = _EVENT_TEMPLATE % (0, "", 0)
+    # Sized for a 5-digit index and the width of a monotonic_ns() reading now.
+    return "x" * max(0, LINE_BYTES - len(probe) - 4 - (len(str(time.monotonic_ns())) - 1))
+
+
+def event_line(index: int, t_send: int, pad: str) -> bytes:
+    """One source line (with its ``\\n``): a ``step_completed`` event of ~200 bytes."""
+    return (_EVENT_TEMPLATE % (index, pad, t_send)).encode()
+
+
+# -- the source ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """What one source process sends.
+
+    ``rate`` is events per second for a paced (latency) run, or ``None`` to send
+    everything at once as fast as the socket takes it (throughput run).
+    """
+
+    socket_path: str
+    events: int
+    rate: float | None
+    hello: bool
+    timeout: float
+
+
+def source_main(pipe: Connection, plan: SourcePlan) -> None:
+    """Connect, say hello (acks off), wait for ``go``, send, report send times."""
+    try:
+        pipe.send(("done", _run_source(pipe, plan)))
+    except Exception as exc:  # report, do not hang the parent
+        pipe.send(("error", f"source: {exc!r}"))
+    finally:
+        pipe.close()
+
+
+def _run_source(pipe: Connection, plan: SourcePlan) -> dict[str, int]:
+    pad = _padding()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(plan.timeout)
+    try:
+        sock.connect(plan.socket_path)
+        if plan.hello:
+            sock.sendall(b'{"type":"hello","name":"bench","acks":false}\n')
+            welcome = sock.recv(4096)
+            if b'"welcome"' not in welcome:
+                raise RuntimeError(f"no welcome: {welcome[:200]!r}")
+        now = time.monotonic_ns()
+        blob = b"".join(event_line(i, now, pad) for i in range(plan.events))
+        pipe.send(("ready", len(blob) // plan.events))
+        if not pipe.poll(plan.timeout):
+            raise TimeoutError("no go from the parent")
+        pipe.recv()
+        if plan.rate is None:
+            t_first = time.monotonic_ns()
+            sock.sendall(blob)
+            t_last = time.monotonic_ns()
+        else:
+            period = 1e9 / plan.rate
+            start = time.monotonic_ns()
+            t_first = start
+            t_last = start
+            for i in range(plan.events):
+                delay = (start + i * period - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    # Pacing a load generator, not synchronising: nothing to wait on.
+                    time.sleep(delay)
+                t_last = time.monotonic_ns()
+                sock.sendall(event_line(i, t_last, pad))
+        return {"t_first": t_first, "t_last": t_last}
+    finally:
+        sock.close()
+
+
+# -- the clients --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """What one client process does.
+
+    ``latency``: record ``receive time - t_send`` per event instead of only the time
+    the last event arrived.  ``kind``: ``raw`` or ``websockets`` (see the module doc).
+    """
+
+    host: str
+    port: int
+    connections: int
+    events: int
+    latency: bool
+    kind: str
+    timeout: float
+
+
+@dataclass(slots=True)
+class _Stream:
+    """What one connection saw."""
+
+    frames: int = 0
+    last_ns: int = 0
+    last_payload: bytes = b""
+    latencies: array[int] = field(default_factory=lambda: array("q"))
+
+
+def client_main(pipe: Connection, plan: ClientPlan) -> None:
+    """Open ``plan.connections`` clients, report ready, then report what they received."""
+    try:
+        asyncio.run(_run_clients(pipe, plan))
+    except Exception as exc:  # report, do not hang the parent
+        pipe.send(("error", f"clients: {exc!r}"))
+    finally:
+        pipe.close()
+
+
+async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
+    loop = asyncio.get_running_loop()
+    ready = [loop.create_future() for _ in range(plan.connections)]
+    done = [loop.create_future() for _ in range(plan.connections)]
+    streams = [_Stream() for _ in range(plan.connections)]
+    closers: list[asyncio.Transport] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with asyncio.timeout(plan.timeout):
+            if plan.kind == "raw":
+                for i in range(plan.connections):
+                    transport, _ = await loop.create_connection(
+                        functools.partial(_RawClient, plan, streams[i], ready[i], done[i]),
+                        plan.host,
+                        plan.port,
+                    )
+                    closers.append(transport)
+            else:
+                url = f"ws://{plan.host}:{plan.port}/"
+                tasks = [
+                    asyncio.create_task(_ws_client(url, plan, streams[i], ready[i], done[i]))
+                    for i in range(plan.connections)
+                ]
+            await asyncio.gather(*ready)
+        pipe.send(("ready", plan.connections))
+        cpu_before = time.process_time()
+        async with asyncio.timeout(plan.timeout):
+            await asyncio.gather(*done)
+        summary = _summary(streams, plan.latency)
+        summary["cpu_s"] = time.process_time() - cpu_before
+        pipe.send(("done", summary))
+    finally:
+        for transport in closers:
+            transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for future in (*ready, *done):
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: the first one already went to the parent
+
+
+def _summary(streams: list[_Stream], latency: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "frames": [s.frames for s in streams],
+        "last_ns": [s.last_ns for s in streams],
+        "last_payload": streams[0].last_payload,
+    }
+    if latency:
+        merged = array("q")
+        for s in streams:
+            merged.extend(s.latencies)
+        result["latencies"] = merged.tobytes()
+    return result
+
+
+def _on_event(stream: _Stream, payload: bytes, now: int, latency: bool) -> None:
+    stream.frames += 1
+    if latency:
+        match = _T_SEND.search(payload)
+        if match is None:
+            raise RuntimeError(f"event without t_send: {payload[:200]!r}")
+        stream.latencies.append(now - int(match.group(1)))
+
+
+async def _ws_client(
+    url: str,
+    plan: ClientPlan,
+    stream: _Stream,
+    ready: asyncio.Future[None],
+    done: asyncio.Future[None],
+) -> None:
+    async with connect(
+        url, compression=None, max_size=None, user_agent_header="aaeventd-bench"
+    ) as ws:
+        await ws.recv(decode=False)  # connected
+        ready.set_result(None)
+        for _ in range(plan.events):
+            payload = await ws.recv(decode=False)
+            now = time.monotonic_ns()
+            assert isinstance(payload, bytes)
+            _on_event(stream, payload, now, plan.latency)
+            stream.last_ns = now
+            stream.last_payload = payload
+        done.set_result(None)
+
+
+class _RawClient(asyncio.Protocol):
+    """A minimal RFC 6455 client that counts text frames (and reads ``t_send``)."""
+
+    def __init__(
+        self,
+        plan: ClientPlan,
+        stream: _Stream,
+        ready: asyncio.Future[None],
+        done: asyncio.Future[None],
+    ) -> None:
+        self.plan = plan
+        self.stream = stream
+        self.ready = ready
+        self.done = done
+        self.buf = bytearray()
+        self.open = False
+        self.connected_seen = False
+        self.key = base64.b64encode(os.urandom(16))
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        plan = self.plan
+        transport.write(
+            b"GET / HTTP/1.1\r\n"
+            b"Host: %s:%d\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n"
+            b"User-Agent: aaeventd-bench\r\n\r\n" % (plan.host.encode(), plan.port, self.key)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"connection lost: {exc!r}")
+
+    def _fail(self, reason: str) -> None:
+        for future in (self.ready, self.done):
+            if not future.done():
+                future.set_exception(ConnectionError(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buf = self.buf
+        buf += data
+        if not self.open and not self._handshake():
+            return
+        n = len(buf)
+        pos = 0
+        while n - pos >= 2:
+            b1 = buf[pos + 1] & 0x7F
+            if b1 < 126:
+                header, length = 2, b1
+            elif b1 == 126:
+                if n - pos < 4:
+                    break
+                header, length = 4, int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            else:
+                if n - pos < 10:
+                    break
+                header, length = 10, int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            end = pos + header + length
+            if end > n:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == _OP_TEXT:
+                self._text(buf, pos + header, end, now)
+            elif opcode == _OP_PING:
+                self._send(_OP_PONG, bytes(buf[pos + header : end]))
+            elif opcode == _OP_CLOSE:
+                self._fail(f"server closed the connection: {bytes(buf[pos + header : end])!r}")
+                return
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def _handshake(self) -> bool:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = bytes(buf[:end]).decode("latin-1")
+        del buf[: end + 4]
+        accept = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest()).decode()
+        if not head.startswith("HTTP/1.1 101") or accept not in head:
+            self._fail(f"handshake refused: {head.splitlines()[0]!r}")
+            return False
+        self.open = True
+        return True
+
+    def _text(self, buf: bytearray, start: int, end: int, now: int) -> None:
+        if not self.connected_seen:
+            self.connected_seen = True
+            self.ready.set_result(None)
+            return
+        stream = self.stream
+        if self.plan.latency:
+            _on_event(stream, bytes(buf[start:end]), now, True)
+        else:
+            stream.frames += 1
+        if stream.frames == self.plan.events:
+            stream.last_ns = now
+            stream.last_payload = bytes(buf[start:end])
+            self.done.set_result(None)
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # Client frames must be masked (RFC 6455 §5.3); only short control frames here.
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
