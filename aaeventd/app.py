@@ -136,6 +136,9 @@ class Daemon:
                     f"{exc.strerror or exc}"
                 ) from exc
             self.access.set_port(self.ws.port)
+            if cfg.websocket.port == 0 and not log.isEnabledFor(logging.INFO):
+                # §7: with port 0 the real port is logged, whatever the level.
+                log.warning("listening for clients on port %d (port 0 configured)", self.ws.port)
             for name, sock in inherited.items():
                 log.warning("ignoring inherited socket %r (expected events, websocket)", name)
                 sock.close()
@@ -230,7 +233,10 @@ class Daemon:
             journal = self.journal
             if journal is not None and journal.fsync == "interval":
                 try:
-                    journal.sync()
+                    fd = journal.dirty_fd()
+                    if fd is not None:
+                        # Off the event loop: a slow disk must not stall the clients.
+                        await asyncio.to_thread(_fsync_and_close, fd)
                 except OSError as exc:
                     self._journal_failed(exc)
             status = self._status_line()
@@ -702,6 +708,13 @@ def _control_frame(message: dict[str, Any]) -> bytes:
 
 def _gap(reason: str, first: int | None, last: int | None) -> dict[str, Any]:
     return {"type": "replay_gap", "reason": reason, "from": first, "to": last}
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _loggable(value: Any) -> Any:

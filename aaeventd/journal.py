@@ -203,6 +203,17 @@ class Journal:
             self._dirty = False
             os.fsync(self._fd)
 
+    def dirty_fd(self) -> int | None:
+        """A duplicate of the current file's fd if it needs an fsync, else None.
+
+        For syncing in another thread: the caller fsyncs and closes the duplicate, so
+        a rotation meanwhile cannot close the fd under it.
+        """
+        if not self._dirty or self._fd is None:
+            return None
+        self._dirty = False
+        return os.dup(self._fd)
+
     def _rotate(self, first_seq: int) -> None:
         if self._fd is not None:
             if self.fsync != "never":

@@ -446,3 +446,17 @@ def test_check_config_without_any_config_says_built_in_defaults(tmp: Path) -> No
     assert lines[0] == "built-in defaults: ok"
     assert str(tmp / "run" / "aaeventd" / "events.sock") in result.stdout
     assert "ws://127.0.0.1:9876/" in result.stdout
+
+
+def test_port_0_is_logged_even_at_warning_level(tmp: Path) -> None:
+    """§7: with port 0 the real port is logged, also when INFO lines are off."""
+    cfg = write_config(tmp, logging={"level": "WARNING"})
+    with spawn("run", "--config", cfg, env=subprocess_env(tmp)) as (proc, stderr):
+        line = stderr.wait_for("listening for clients on port ")
+        port = int(line.split("listening for clients on port ")[1].split()[0])
+        with connect(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as ws:
+            assert json.loads(ws.recv(TIMEOUT))["type"] == "connected"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+        stderr.join()
+    assert not any(" INFO " in ln for ln in stderr.lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -156,3 +157,18 @@ def test_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None
     second = journal(tmp_path)
     assert second.open().last_seq == 0
     second.close()
+
+
+def test_dirty_fd_is_a_duplicate_only_when_something_was_written(tmp_path: Path) -> None:
+    """dirty_fd hands out a separate fd to fsync in a thread, once per write burst."""
+    j = journal(tmp_path, fsync="interval")
+    j.open()
+    assert j.dirty_fd() is None
+    j.append(lines(1, 1), 1)
+    fd = j.dirty_fd()
+    assert fd is not None
+    assert os.fstat(fd).st_ino == j.files()[0].stat().st_ino
+    os.fsync(fd)
+    os.close(fd)
+    assert j.dirty_fd() is None
+    j.close()

@@ -234,14 +234,26 @@ def ws_text_frame(payload: bytes) -> bytes:
 def rfc3339_utc(epoch_seconds: float) -> str:
     """Format a Unix time as RFC 3339 UTC with milliseconds: ``2026-02-04T10:30:00.123Z``.
 
-    The time is rounded to the nearest millisecond.
+    The time is rounded to the nearest millisecond.  The date-and-seconds part is
+    cached for the current second: events mostly come many to a second.
     """
     seconds, millis = divmod(round(epoch_seconds * 1000), 1000)
-    t = time.gmtime(seconds)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
-        f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{millis:03d}Z"
-    )
+    cached_second, prefix = _SecondCache.last
+    if seconds != cached_second:
+        t = time.gmtime(seconds)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+        )
+        # One tuple, swapped whole: a reader in another thread sees a matching pair.
+        _SecondCache.last = (seconds, prefix)
+    return f"{prefix}{millis:03d}Z"
+
+
+class _SecondCache:
+    """The (second, ``"YYYY-MM-DDTHH:MM:SS."``) of the last :func:`rfc3339_utc` call."""
+
+    last: tuple[int | None, str] = (None, "")
 
 
 def _json_kind(value: Any) -> str:
