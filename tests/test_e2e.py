@@ -10,24 +10,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from aaeventd.client import EventSource, SourceError
-from tests.support import TIMEOUT, aaeventd_cmd, short_tmpdir, subprocess_env
+from tests.support import (
+    TIMEOUT,
+    StderrLines,
+    aaeventd_cmd,
+    short_tmpdir,
+    stderr_lines,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,52 +40,6 @@ READY_RE = re.compile(
     r"ready: sources on (?P<sock>\S+), clients on ws://127\.0\.0\.1:(?P<port>\d+)/ "
     r"\(epoch (?P<epoch>\S+), seq (?P<seq>\d+)\)"
 )
-
-
-class StderrLines:
-    """Every stderr line of a subprocess, read by a thread and handed out in order.
-
-    The reader thread keeps the pipe drained (a daemon never blocks on a full pipe)
-    and, unlike a ``select`` on a buffered text stream, never misses a line that
-    arrived in the same read as the previous one.
-    """
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(
-            target=self._read, args=(proc.stderr,), name="stderr-reader", daemon=True
-        )
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, needle: str, timeout: float = TIMEOUT) -> str:
-        """The next line containing ``needle`` (fails on a deadline or at end of stderr)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"{needle!r} not seen in stderr within {timeout}s:\n{''.join(self.lines)}"
-                ) from None
-            if line is None:
-                self._queue.put(None)
-                raise AssertionError(
-                    f"{needle!r} not seen before stderr closed:\n{''.join(self.lines)}"
-                )
-            if needle in line:
-                return line
-
-    def join(self) -> None:
-        self._thread.join(TIMEOUT)
-        assert not self._thread.is_alive(), "stderr still open after the process ended"
 
 
 @contextlib.contextmanager
@@ -95,7 +54,7 @@ def spawn(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[st
         text=True,
     )
     try:
-        stderr = StderrLines(proc)
+        stderr = stderr_lines(proc)
         yield proc, stderr
     finally:
         if proc.poll() is None:

@@ -18,21 +18,26 @@ import hashlib
 import importlib.util
 import json
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from tests.support import REPO, TIMEOUT, aaeventd_cmd, short_tmpdir, subprocess_env
+from tests.support import (
+    REPO,
+    TIMEOUT,
+    aaeventd_cmd,
+    short_tmpdir,
+    stderr_lines,
+    subprocess_env,
+)
 
 CHROMIUM = os.environ.get("AAEVENTD_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -76,39 +81,6 @@ TOKEN = "ui-token-0123456789"
 # -- the daemon as a subprocess ----------------------------------------------------
 
 
-class StderrLines:
-    """Every stderr line of the daemon, read by a thread and handed out in order."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, needle: str, timeout: float = TIMEOUT) -> str:
-        """The next line containing ``needle`` (fails at the deadline or end of stderr)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{needle!r} not logged:\n{''.join(self.lines)}") from None
-            if line is None:
-                self._queue.put(None)
-                raise AssertionError(f"{needle!r} not logged before exit:\n{''.join(self.lines)}")
-            if needle in line:
-                return line
-
-    def join(self) -> None:
-        self._thread.join(TIMEOUT)
-
-
 class DaemonProcess:
     """``aaeventd run`` with a config private to one test; ready once constructed."""
 
@@ -132,7 +104,7 @@ class DaemonProcess:
             text=True,
         )
         assert self.proc.stderr is not None
-        self.stderr = StderrLines(self.proc.stderr)
+        self.stderr = stderr_lines(self.proc)
         try:
             match = READY_RE.search(self.stderr.wait_for(" ready: "))
         except BaseException:
