@@ -307,6 +307,7 @@ class Daemon:
             setattr(settings, name, getattr(fresh, name))
         self._apply_access(new)
         self.ws.settings.slow_client_buffer_bytes = new.websocket.slow_client_buffer_bytes
+        self.ws.set_max_message_bytes(new.websocket.max_message_bytes)
         if self.journal is not None:
             self.journal.max_file_bytes = new.journal.max_file_bytes
             self.journal.max_files = new.journal.max_files

@@ -276,7 +276,7 @@ class WsServer:
         self.slow_closes = 0
         self.messages_in = 0
         self._ids = itertools.count(1)
-        self._max_message_bytes = max_message_bytes
+        self.max_message_bytes = max_message_bytes
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._server: Server | None = None
@@ -301,7 +301,7 @@ class WsServer:
             create_connection=_bounded_connection(self.settings),
             process_request=self.front,
             compression=None,  # frames are shared bytes: no per-client deflate
-            max_size=self._max_message_bytes,
+            max_size=self.max_message_bytes,
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
             close_timeout=self.settings.close_timeout,
@@ -309,6 +309,16 @@ class WsServer:
             logger=websockets_logger(),
             **kwargs,
         )
+
+    def set_max_message_bytes(self, limit: int) -> None:
+        """Apply a reloaded ``websocket.max_message_bytes`` to every connection.
+
+        websockets reads the limit for each incoming frame, so open connections and
+        new ones (set again in the handler) all use the new value.
+        """
+        self.max_message_bytes = limit
+        for session in self.sessions.values():
+            session.conn.protocol.max_message_size = limit
 
     # -- fan-out (hot path) ------------------------------------------------------
 
@@ -345,6 +355,7 @@ class WsServer:
     async def _handler(self, conn: ServerConnection) -> None:
         request = conn.request
         assert request is not None
+        conn.protocol.max_message_size = self.max_message_bytes  # may have been reloaded
         query = parse_qs(urlsplit(request.path).query)
         since_values = query.get("since")
         since = int(since_values[-1]) if since_values else None

@@ -506,6 +506,34 @@ def test_message_over_max_message_bytes_closes_1009() -> None:
     run(body())
 
 
+def test_reloaded_max_message_bytes_applies_to_open_and_new_connections() -> None:
+    """A reload that lowers max_message_bytes closes an open client's big message with 1009."""
+
+    async def body() -> None:
+        async with daemon(websocket={"max_message_bytes": 65536}) as d, client(d) as (ws, _):
+            d.apply_config(
+                d.config.model_copy(
+                    update={
+                        "websocket": d.config.websocket.model_copy(
+                            update={"max_message_bytes": 2048}
+                        )
+                    }
+                )
+            )
+            message = json.dumps({"type": "heartbeat", "pad": "x" * 3000})
+            await ws.send(message)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert ws.close_code == 1009
+            async with client(d) as (fresh, _):
+                await fresh.send(message)
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(fresh.recv(), TIMEOUT)
+                assert fresh.close_code == 1009
+
+    run(body())
+
+
 def test_fragmented_message_over_max_message_bytes_closes_1009() -> None:
     """Fragments each under the limit but over it together close with 1009."""
 
