@@ -1,10 +1,12 @@
-"""The ``aaeventd`` command: ``run``, ``check-config``, ``emit``, ``watch``, ``confirm``.
+"""The ``aaeventd`` command: ``run``, ``check-config``, ``emit``, ``watch``, ``confirm``,
+``status``, ``clients``, ``ui``, ``install-service``.
 
 ``main(argv) -> int`` parses the command line and returns the exit code: 0 success,
 1 runtime failure (daemon unreachable, event rejected, socket in use), 2 bad
 configuration or usage.  This is the only module that prints; it reaches the
-daemon's internals only through :mod:`aaeventd.app`, :mod:`aaeventd.client` and
-the public protocol.
+daemon's internals only through :mod:`aaeventd.app`, :mod:`aaeventd.client`,
+:mod:`aaeventd.service` and the public protocol (WebSocket, ``/healthz``,
+``/clients``).  What the text looks like is :mod:`aaeventd.console`'s business.
 """
 
 from __future__ import annotations
@@ -13,22 +15,35 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import http.client
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-from urllib.parse import urlencode
+from typing import Any, Protocol, TextIO
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aaeventd import __version__
 from aaeventd.config import Config, load_config, resolve_socket_path, resolve_token_file
-from aaeventd.errors import ConfigError
+from aaeventd.console import LiveView, format_clients, format_event, format_health
+from aaeventd.errors import AaeventdError, ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 REMEMBER_CHOICES = ("none", "this-error", "this-skill", "always")
+
+
+class CommandFailed(AaeventdError):
+    """A command cannot do its job: the message goes to stderr, ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -85,16 +100,27 @@ def _build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser(
         "watch",
-        help="print events as they arrive",
+        help="print events as they arrive (--live: a live screen)",
         description=(
             "Connect over WebSocket and print one line per event (or raw JSON lines with\n"
-            "--json). Reconnects and resumes after a disconnect. Ctrl-C exits."
+            "--json). Reconnects and resumes after a disconnect. Ctrl-C exits.\n"
+            "--live redraws the terminal in place instead: a progress bar per running skill\n"
+            "(step i/n, step name, elapsed), the pending confirmations with their countdown,\n"
+            "and the last events. When stdout is not a terminal, --live prints lines."
         ),
-        epilog="examples:\n  aaeventd watch\n  aaeventd watch --types 'skill_*,heal_*' --json",
+        epilog=(
+            "examples:\n"
+            "  aaeventd watch\n"
+            "  aaeventd watch --live\n"
+            "  aaeventd watch --types 'skill_*,heal_*' --json"
+        ),
         formatter_class=fmt,
     )
     watch.add_argument("--types", help="comma-separated globs, e.g. 'skill_*,heal_*'")
     watch.add_argument("--json", action="store_true", help="print raw JSON lines")
+    watch.add_argument(
+        "--live", action="store_true", help="a live screen of skills, confirmations and events"
+    )
     watch.add_argument("--since", type=int, help="first replay every event after this seq")
     watch.add_argument("--url", help="WebSocket URL (default: from config)")
     watch.add_argument(
@@ -129,7 +155,88 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     confirm.add_argument("--url", help="WebSocket URL (default: from config)")
     _config_arg(confirm)
+
+    status = sub.add_parser(
+        "status",
+        help="show the daemon's health (/healthz) and the web UI link",
+        description=(
+            "Ask the running daemon for /healthz and print it readably (version, uptime,\n"
+            "seq, clients, sources, socket path, ...), then the web UI link (with\n"
+            "?token=T when a token is configured). Exit 0 when the daemon is healthy,\n"
+            "1 when it cannot be reached or reports a problem."
+        ),
+        epilog="examples:\n  aaeventd status\n  aaeventd status --json | jq .seq",
+        formatter_class=fmt,
+    )
+    status.add_argument("--json", action="store_true", help="print the raw /healthz JSON")
+    _daemon_url_arg(status)
+    _config_arg(status)
+
+    clients = sub.add_parser(
+        "clients",
+        help="list the connected WebSocket clients and sources (/clients)",
+        description=(
+            "Ask the running daemon for /clients and print two tables: the WebSocket\n"
+            "clients (id, address, user agent, filter, connected since, frames sent,\n"
+            "backlog) and the sources (pid, uid, hello name, executable, systemd unit,\n"
+            "events accepted, errors, dropped replies). Exit 1 when unreachable."
+        ),
+        epilog="examples:\n  aaeventd clients\n  aaeventd clients --json",
+        formatter_class=fmt,
+    )
+    clients.add_argument("--json", action="store_true", help="print the raw /clients JSON")
+    _daemon_url_arg(clients)
+    _config_arg(clients)
+
+    ui = sub.add_parser(
+        "ui",
+        help="print the web UI link (with the token, if one is configured)",
+        description=(
+            "Print the link to the web UI: http://HOST:PORT/, plus ?token=T when\n"
+            "auth.token_file is set (the page passes it on to its WebSocket, so this one\n"
+            "link is all a browser needs). --open also opens it in a browser."
+        ),
+        epilog="examples:\n  aaeventd ui\n  aaeventd ui --open",
+        formatter_class=fmt,
+    )
+    ui.add_argument("--open", action="store_true", help="open the link in a web browser")
+    _daemon_url_arg(ui)
+    _config_arg(ui)
+
+    install = sub.add_parser(
+        "install-service",
+        help="install the systemd user units for this installation",
+        description=(
+            "Write aaeventd.service (and with --socket-activated aaeventd.socket and\n"
+            "aaeventd-ws.socket) to ~/.config/systemd/user/, with an ExecStart that runs\n"
+            "this Python interpreter, run 'systemctl --user daemon-reload' and print the\n"
+            "commands that enable it. --dry-run prints the units and changes nothing.\n"
+            "See docs/systemd.md."
+        ),
+        epilog=(
+            "examples:\n"
+            "  aaeventd install-service --dry-run\n"
+            "  aaeventd install-service && systemctl --user enable --now aaeventd.service\n"
+            "  aaeventd install-service --socket-activated"
+        ),
+        formatter_class=fmt,
+    )
+    install.add_argument(
+        "--socket-activated",
+        action="store_true",
+        help="also install the socket units (start the daemon on first connection)",
+    )
+    install.add_argument(
+        "--dry-run", action="store_true", help="print the units instead of writing them"
+    )
     return parser
+
+
+def _daemon_url_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        help="the daemon's address, http://HOST:PORT/ (ws:// also accepted; default: from config)",
+    )
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -153,12 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emit": _cmd_emit,
         "watch": _cmd_watch,
         "confirm": _cmd_confirm,
+        "status": _cmd_status,
+        "clients": _cmd_clients,
+        "ui": _cmd_ui,
+        "install-service": _cmd_install_service,
     }[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
         _err(f"config error: {exc}")
         return EXIT_USAGE
+    except CommandFailed as exc:
+        _err(str(exc))
+        return exc.code
 
 
 def _err(text: str, stream: TextIO | None = None) -> None:
@@ -289,6 +403,35 @@ def _cmd_emit(args: argparse.Namespace) -> int:
 
 # -- watch ---------------------------------------------------------------------------
 
+# watch --live redraws on each event, but at most this often (seconds).
+REDRAW_INTERVAL = 0.2
+# Alternate screen on, cursor hidden / cursor shown, alternate screen off.
+_SCREEN_ENTER = "\x1b[?1049h\x1b[?25l"
+_SCREEN_LEAVE = "\x1b[?25h\x1b[?1049l"
+
+
+def _read_token(config: Config) -> str | None:
+    """The configured token: the first line of ``auth.token_file``, stripped.
+
+    Returns:
+        ``None`` when no token is configured, or the file does not exist yet (the
+        daemon creates it when it starts) or its first line is empty.
+
+    Raises:
+        ConfigError: the file exists but cannot be read.
+    """
+    token_file = resolve_token_file(config)
+    if token_file is None:
+        return None
+    try:
+        with token_file.open(encoding="utf-8") as fh:
+            token = fh.readline().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("auth.token_file", f"cannot read {token_file}: {exc}") from exc
+    return token or None
+
 
 def _ws_url(config: Config, args: argparse.Namespace, since: int | None, epoch: str | None) -> str:
     base = args.url or f"ws://{_url_host(config.websocket.host)}:{config.websocket.port}/"
@@ -300,9 +443,9 @@ def _ws_url(config: Config, args: argparse.Namespace, since: int | None, epoch: 
         params["since"] = str(since)
     if epoch is not None:
         params["epoch"] = epoch
-    token_file = resolve_token_file(config)
-    if token_file is not None and token_file.exists():
-        params["token"] = token_file.read_text(encoding="utf-8").splitlines()[0].strip()
+    token = _read_token(config)
+    if token is not None:
+        params["token"] = token
     if not params:
         return base
     return base + ("&" if "?" in base else "?") + urlencode(params)
@@ -314,81 +457,388 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def format_event(event: dict[str, Any]) -> str:
-    """One readable line: ``seq time type key=value ...``."""
-    seq = event.get("seq", "-")
-    stamp = str(event.get("timestamp", ""))
-    clock = stamp[11:23] if len(stamp) >= 23 else stamp
-    skip = {"type", "seq", "timestamp"}
-    rest = " ".join(
-        f"{k}={json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}"
-        for k, v in event.items()
-        if k not in skip
-    )
-    return f"{seq!s:>6} {clock:12} {event.get('type')} {rest}".rstrip()
+class _Sink(Protocol):
+    """Where :func:`_follow` puts what it receives: plain lines or the live screen."""
+
+    def connected(self, snapshot: dict[str, Any], url: str) -> None:
+        """The ``connected`` frame of a new connection (``url`` without its query)."""
+
+    def event(self, msg: dict[str, Any]) -> None:
+        """A stream event (or a control reply such as ``error``)."""
+
+    def gap(self, msg: dict[str, Any]) -> None:
+        """A ``replay_gap`` frame."""
+
+    def notice(self, text: str) -> None:
+        """A disconnect or reconnect note."""
+
+    def timeout(self) -> float | None:
+        """How long to wait for a frame before :meth:`idle` (``None``: forever)."""
+
+    def idle(self) -> None:
+        """No frame came within :meth:`timeout`."""
+
+    def wait(self, seconds: float) -> None:
+        """The back-off before a reconnect."""
 
 
-def _cmd_watch(args: argparse.Namespace) -> int:
+class _PlainSink:
+    """One line per event: readable, or the raw JSON with ``--json``."""
+
+    def __init__(self, out: TextIO, *, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+
+    def connected(self, snapshot: dict[str, Any], url: str) -> None:
+        pass  # nothing to print: the events are what this mode shows
+
+    def event(self, msg: dict[str, Any]) -> None:
+        line = json.dumps(msg, ensure_ascii=False) if self.as_json else format_event(msg)
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def gap(self, msg: dict[str, Any]) -> None:
+        _err(f"replay gap: {msg}")
+
+    def notice(self, text: str) -> None:
+        _err(text)
+
+    def timeout(self) -> float | None:
+        return None
+
+    def idle(self) -> None:  # pragma: no cover - timeout() is None: never idle
+        pass
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)  # back-off between reconnect attempts, not synchronisation
+
+
+class _LiveSink:
+    """The live screen: a :class:`LiveView` redrawn in the terminal's alternate screen.
+
+    Redraws on each frame, at most every :data:`REDRAW_INTERVAL`, and between frames
+    so that countdowns and elapsed times move; a frame identical to the one on screen
+    is not written again.  Used as a context manager: the terminal gets its normal
+    screen and cursor back however the block ends (Ctrl-C included).
+    """
+
+    def __init__(
+        self,
+        out: TextIO,
+        view: LiveView,
+        *,
+        clock: Callable[[], float] = time.time,
+        size: Callable[[], os.terminal_size] = shutil.get_terminal_size,
+    ) -> None:
+        self.out = out
+        self.view = view
+        self.clock = clock
+        self.size = size
+        self.last_draw = -math.inf
+        self.dirty = False
+        self.on_screen: tuple[list[str], os.terminal_size] | None = None
+
+    def __enter__(self) -> _LiveSink:
+        self.out.write(_SCREEN_ENTER)
+        self.draw(force=True)  # "connecting" until the first snapshot
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.dirty:
+                self.draw(force=True)
+        finally:
+            self.out.write(_SCREEN_LEAVE)
+            self.out.flush()
+
+    def draw(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last_draw < REDRAW_INTERVAL:
+            self.dirty = True
+            return
+        size = self.size()
+        # One column spare: writing the last cell of a line makes some terminals wrap.
+        lines = self.view.render(now, size.columns - 1, size.lines)
+        self.last_draw = now
+        self.dirty = False
+        if self.on_screen == (lines, size):
+            return
+        self.on_screen = (lines, size)
+        self.out.write("\x1b[H" + "\x1b[K\r\n".join(lines) + "\x1b[K\x1b[J")
+        self.out.flush()
+
+    def connected(self, snapshot: dict[str, Any], url: str) -> None:
+        self.view.feed(snapshot, self.clock())
+        self.view.status = f"connected to {url}"
+        self.draw(force=True)
+
+    def event(self, msg: dict[str, Any]) -> None:
+        self.view.feed(msg, self.clock())
+        self.draw()
+
+    def gap(self, msg: dict[str, Any]) -> None:
+        self.event(msg)
+
+    def notice(self, text: str) -> None:
+        self.view.status = text
+        self.draw(force=True)
+
+    def timeout(self) -> float | None:
+        if self.dirty:
+            return max(0.0, self.last_draw + REDRAW_INTERVAL - self.clock())
+        return REDRAW_INTERVAL
+
+    def idle(self) -> None:
+        self.draw()
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, REDRAW_INTERVAL))  # back-off, redrawn while it lasts
+            self.draw()
+
+
+def _follow(config: Config, args: argparse.Namespace, sink: _Sink) -> int:
+    """Receive events until ``--count`` of them (or forever), reconnecting and
+    resuming with ``since``/``epoch`` after a disconnect.
+
+    Raises:
+        CommandFailed: the first connection fails, or the daemon refuses the handshake.
+    """
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 
+    since: int | None = args.since
+    epoch: str | None = None
+    received = 0
+    connected_once = False
+    backoff = 0.2
+    while True:
+        url = _ws_url(config, args, since, epoch)
+        shown = url.split("?")[0]  # never show the token
+        try:
+            with connect(url, open_timeout=5, max_size=None) as ws:
+                connected_once = True
+                backoff = 0.2
+                while True:
+                    try:
+                        raw = ws.recv(timeout=sink.timeout())
+                    except TimeoutError:
+                        sink.idle()
+                        continue
+                    msg = json.loads(raw)
+                    kind = msg.get("type")
+                    if kind == "connected":
+                        epoch = msg.get("epoch")
+                        if since is None:
+                            since = int(msg.get("seq", 0))
+                        sink.connected(msg, shown)
+                        continue
+                    if kind == "replay_gap":
+                        sink.gap(msg)
+                        continue
+                    if "seq" in msg:
+                        since = int(msg["seq"])
+                    sink.event(msg)
+                    received += 1
+                    if args.count is not None and received >= args.count:
+                        return EXIT_OK
+        except InvalidStatus as exc:
+            raise CommandFailed(
+                f"{shown} refused the connection: HTTP {exc.response.status_code}"
+            ) from exc
+        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+            if not connected_once:
+                raise CommandFailed(
+                    f"cannot connect to {shown}: {exc} (is aaeventd running?)"
+                ) from exc
+            sink.notice(f"disconnected ({exc}); reconnecting")
+        sink.wait(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+def _can_show(out: TextIO, text: str) -> bool:
+    try:
+        text.encode(out.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         _err("--count must be at least 1")
         return EXIT_USAGE
+    if args.live and args.json:
+        _err("--live draws a screen, --json prints JSON lines: choose one")
+        return EXIT_USAGE
     config, _ = _load(args)
-    since: int | None = args.since
-    epoch: str | None = None
-    printed = 0
-    connected_once = False
-    backoff = 0.2
     out = sys.stdout
     try:
-        while True:
-            url = _ws_url(config, args, since, epoch)
-            try:
-                with connect(url, open_timeout=5, max_size=None) as ws:
-                    connected_once = True
-                    backoff = 0.2
-                    for raw in ws:
-                        msg = json.loads(raw)
-                        kind = msg.get("type")
-                        if kind == "connected":
-                            epoch = msg.get("epoch")
-                            if since is None:
-                                since = int(msg.get("seq", 0))
-                            continue
-                        if kind == "replay_gap":
-                            _err(f"replay gap: {msg}")
-                            continue
-                        if "seq" in msg:
-                            since = int(msg["seq"])
-                        out.write(
-                            (
-                                json.dumps(msg, ensure_ascii=False)
-                                if args.json
-                                else format_event(msg)
-                            )
-                            + "\n"
-                        )
-                        out.flush()
-                        printed += 1
-                        if args.count is not None and printed >= args.count:
-                            return EXIT_OK
-            except InvalidStatus as exc:
-                _err(f"{url.split('?')[0]} refused the connection: HTTP {exc.response.status_code}")
-                return EXIT_FAILURE
-            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
-                if not connected_once:
-                    _err(f"cannot connect to {url.split('?')[0]}: {exc} (is aaeventd running?)")
-                    return EXIT_FAILURE
-                _err(f"disconnected ({exc}); reconnecting")
-            time.sleep(backoff)  # back-off between reconnect attempts, not synchronisation
-            backoff = min(backoff * 2, 5.0)
+        if args.live and out.isatty():
+            view = LiveView(ascii=not _can_show(out, "█░▏▎▍▌▋▊▉…"))
+            with _LiveSink(out, view) as sink:
+                return _follow(config, args, sink)
+        # Not a terminal (a pipe, a file): --live falls back to one line per event.
+        return _follow(config, args, _PlainSink(out, as_json=args.json))
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, ValueError):  # stdout closed under us
             out.flush()
+
+
+# -- status, clients, ui -------------------------------------------------------------
+
+HTTP_TIMEOUT = 3.0  # seconds, for /healthz and /clients
+
+
+def _daemon_base(config: Config, args: argparse.Namespace) -> str:
+    """The daemon's ``http://HOST:PORT/``: from ``--url`` (http or ws), else the config.
+
+    Raises:
+        CommandFailed: (exit 2) a malformed ``--url``, or port 0 in the config.
+    """
+    if args.url:
+        url: str = args.url
+        parts = urlsplit(url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        if scheme not in ("http", "https") or not parts.netloc:
+            raise CommandFailed(
+                f"--url must look like http://127.0.0.1:9876/, got {url!r}", EXIT_USAGE
+            )
+        return urlunsplit((scheme, parts.netloc, "/", "", ""))
+    if config.websocket.port == 0:
+        raise CommandFailed(
+            "websocket.port is 0 in the config: the daemon picked its port at start "
+            "(its log says which); pass --url http://127.0.0.1:PORT/",
+            EXIT_USAGE,
+        )
+    return f"http://{_url_host(config.websocket.host)}:{config.websocket.port}/"
+
+
+def _ui_link(base: str, token: str | None) -> str:
+    """The web UI link; with a token, ``?token=T`` (PROTOCOL §2.4: one link is enough)."""
+    return base + ("?" + urlencode({"token": token}) if token is not None else "")
+
+
+def _http_json(base: str, path: str, config: Config, token: str | None) -> tuple[Any, str]:
+    """GET ``base + path`` and parse the JSON answer; (the object, the body as text).
+
+    Raises:
+        CommandFailed: unreachable, refused (401 says the token is at fault) or not JSON.
+    """
+    url = base.rstrip("/") + path
+    request = urllib.request.Request(url, headers={"User-Agent": f"aaeventd-cli/{__version__}"})
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    # Never through an HTTP proxy from the environment: the daemon is on this machine,
+    # and a proxy would be handed the token.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=HTTP_TIMEOUT) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            detail = exc.read(200).decode("utf-8", "replace").strip()
+        if exc.code == 401:
+            token_file = resolve_token_file(config)
+            where = (
+                f"auth.token_file is {token_file}"
+                if token_file is not None
+                else "this config sets no auth.token_file"
+            )
+            raise CommandFailed(
+                f"{url}: HTTP 401: the token is missing or wrong ({where})"
+            ) from exc
+        raise CommandFailed(f"{url}: HTTP {exc.code}: {detail or exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise CommandFailed(
+            f"cannot reach aaeventd at {base}: {exc.reason} (is aaeventd running?)"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise CommandFailed(
+            f"cannot reach aaeventd at {base}: {exc or type(exc).__name__} "
+            "(is aaeventd running on that port?)"
+        ) from exc
+    text = body.decode("utf-8", "replace")
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise CommandFailed(f"{url} did not answer with a JSON object: is that aaeventd?")
+    return obj, text
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    base = _daemon_base(config, args)
+    token = _read_token(config)
+    health, text = _http_json(base, "/healthz", config, token)
+    if args.json:
+        print(text.rstrip("\n"))
+    else:
+        for line in format_health(health, _ui_link(base, token)):
+            print(line)
+        _warn_no_token(config, token)
+    if health.get("status") != "ok":
+        _err(f"the daemon reports status {health.get('status')!r}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_clients(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    base = _daemon_base(config, args)
+    view, text = _http_json(base, "/clients", config, _read_token(config))
+    if args.json:
+        print(text.rstrip("\n"))
+        return EXIT_OK
+    for line in format_clients(view):
+        print(line)
+    return EXIT_OK
+
+
+def _warn_no_token(config: Config, token: str | None) -> None:
+    token_file = resolve_token_file(config)
+    if token is None and token_file is not None:
+        _err(
+            f"no token in {token_file} yet (the daemon creates it when it starts): "
+            "the link will be refused until then"
+        )
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    base = _daemon_base(config, args)
+    token = _read_token(config)
+    if token is None and resolve_token_file(config) is not None:
+        _warn_no_token(config, token)
+        return EXIT_FAILURE
+    link = _ui_link(base, token)
+    print(link)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(link):
+            _err("no web browser could be started: open the link above yourself")
+            return EXIT_FAILURE
+    return EXIT_OK
+
+
+# -- install-service -----------------------------------------------------------------
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from aaeventd.service import install_service
+
+    return install_service(
+        socket_activated=args.socket_activated,
+        dry_run=args.dry_run,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 # -- confirm -------------------------------------------------------------------------

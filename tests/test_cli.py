@@ -26,11 +26,21 @@ from aaeventd.app import Daemon
 from aaeventd.cli import main
 from aaeventd.client import EventSource
 from aaeventd.config import Config
-from aaeventd.wsserver import ClientSession
+from aaeventd.wsserver import ClientSession, StreamStart
 from tests.support import REPO, TIMEOUT, make_config, short_tmpdir
 
 SHIPPED = REPO / "config" / "aaeventd.yaml"
-SUBCOMMANDS = ["run", "check-config", "emit", "watch", "confirm"]
+SUBCOMMANDS = [
+    "run",
+    "check-config",
+    "emit",
+    "watch",
+    "confirm",
+    "status",
+    "clients",
+    "ui",
+    "install-service",
+]
 T = TypeVar("T")
 
 
@@ -52,7 +62,7 @@ class ObservedDaemon(Daemon):
 
     def open_stream(
         self, session: ClientSession, since: int | None, epoch: str | None
-    ) -> list[bytes]:
+    ) -> StreamStart:
         frames = super().open_stream(session, since, epoch)
         self.opened.append((session, since))
         self.streams_opened.release()
