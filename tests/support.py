@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -91,6 +91,66 @@ async def running_daemon(
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, TIMEOUT)
+
+
+class ThreadedDaemon(Daemon):
+    """A real daemon whose event loop runs in another thread (for blocking callers)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def stop_soon(self) -> None:
+        """Ask it to stop, from any thread."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.request_stop)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the daemon's loop and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
+
+
+D = TypeVar("D", bound=ThreadedDaemon)
+
+
+@contextlib.contextmanager
+def daemon_thread(daemon: D) -> Iterator[D]:
+    """Run ``daemon`` on its own loop in a thread until the block ends; yields it ready."""
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    async def body() -> None:
+        daemon.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(daemon.run())
+        started = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        ready.set()
+        await task
+
+    def target() -> None:
+        try:
+            asyncio.run(body())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=target, name="aaeventd-daemon", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(TIMEOUT), "daemon not ready in time"
+        if errors:
+            raise errors[0]
+        assert daemon.ready.is_set(), "daemon stopped before it was ready"
+        yield daemon
+    finally:
+        if daemon.loop is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop may have ended already
+                daemon.loop.call_soon_threadsafe(daemon.request_stop)
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "daemon did not stop in time"
+    if errors:
+        raise errors[0]
 
 
 class Source:

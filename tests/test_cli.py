@@ -7,14 +7,13 @@ side is checked with a real websockets client.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import re
 import socket
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,12 +21,11 @@ from typing import Any, TypeVar
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from aaeventd.app import Daemon
 from aaeventd.cli import main
 from aaeventd.client import EventSource
 from aaeventd.config import Config
 from aaeventd.wsserver import ClientSession, StreamStart
-from tests.support import REPO, TIMEOUT, make_config, short_tmpdir
+from tests.support import REPO, TIMEOUT, ThreadedDaemon, daemon_thread, make_config
 
 SHIPPED = REPO / "config" / "aaeventd.yaml"
 SUBCOMMANDS = [
@@ -43,11 +41,13 @@ SUBCOMMANDS = [
 ]
 T = TypeVar("T")
 
+pytestmark = pytest.mark.usefixtures("private_env")
+
 
 # -- a daemon in a background thread -------------------------------------------------
 
 
-class ObservedDaemon(Daemon):
+class ObservedDaemon(ThreadedDaemon):
     """A real daemon that also tells other threads when a client's stream opens.
 
     The stream is registered in the same event-loop step as ``open_stream``, so an
@@ -58,7 +58,6 @@ class ObservedDaemon(Daemon):
         super().__init__(config, env={})
         self.streams_opened = threading.Semaphore(0)
         self.opened: list[tuple[ClientSession, int | None]] = []  # (session, since)
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def open_stream(
         self, session: ClientSession, since: int | None, epoch: str | None
@@ -67,11 +66,6 @@ class ObservedDaemon(Daemon):
         self.opened.append((session, since))
         self.streams_opened.release()
         return frames
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the daemon's loop and wait for its result."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
 
     def wait_for_client(self) -> None:
         assert self.streams_opened.acquire(timeout=TIMEOUT), "no client connected in time"
@@ -85,69 +79,9 @@ class ObservedDaemon(Daemon):
         return str(self.socket_path)
 
 
-@contextlib.contextmanager
-def daemon_thread(config: Config) -> Iterator[ObservedDaemon]:
-    """Run an :class:`ObservedDaemon` on its own loop in a thread until the block ends."""
-    daemon = ObservedDaemon(config)
-    ready = threading.Event()
-    loop_box: list[asyncio.AbstractEventLoop] = []
-    errors: list[BaseException] = []
-
-    async def body() -> None:
-        daemon.loop = asyncio.get_running_loop()
-        loop_box.append(daemon.loop)
-        task = asyncio.create_task(daemon.run())
-        started = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        ready.set()
-        await task
-
-    def target() -> None:
-        try:
-            asyncio.run(body())
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=target, name="aaeventd-daemon", daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(TIMEOUT), "daemon not ready in time"
-        if errors:
-            raise errors[0]
-        assert daemon.ready.is_set(), "daemon stopped before it was ready"
-        yield daemon
-    finally:
-        if loop_box and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop may have ended already
-                loop_box[0].call_soon_threadsafe(daemon.request_stop)
-        thread.join(TIMEOUT)
-        assert not thread.is_alive(), "daemon did not stop in time"
-    if errors:
-        raise errors[0]
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
-
-
-@pytest.fixture(autouse=True)
-def private_env(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config, socket or token can leak into a test."""
-    for name in ("AAEVENTD_CONFIG", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp / "state"))
-
-
 @pytest.fixture
 def daemon(tmp: Path) -> Iterator[ObservedDaemon]:
-    with daemon_thread(make_config(tmp)) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp))) as d:
         yield d
 
 
@@ -604,7 +538,7 @@ def test_emit_default_socket_ignores_runtime_directory(
     calling unit has its own $RUNTIME_DIRECTORY."""
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp / "other-unit"))
     sock = tmp / "run" / "aaeventd" / "events.sock"
-    with daemon_thread(make_config(tmp, sources={"socket_path": str(sock)})) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp, sources={"socket_path": str(sock)}))) as d:
         assert d.sock == str(sock)
         assert main(["emit", "tick"]) == 0
     assert capsys.readouterr().out == "accepted seq=1 delivered=0\n"
@@ -692,7 +626,7 @@ def test_watch_since_replays(daemon: ObservedDaemon, capsys: pytest.CaptureFixtu
 def test_watch_sends_the_configured_token(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """With auth.token_file in the config, watch authenticates with that token."""
     token_file = str(tmp / "token")
-    with daemon_thread(make_config(tmp, auth={"token_file": token_file})) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": token_file}))) as d:
         path = write_yaml(
             tmp / "c.yaml",
             {"websocket": {"port": d.ws_port}, "auth": {"token_file": token_file}},

@@ -39,31 +39,17 @@ from aaeventd.console import (
 )
 from aaeventd.protocol.codec import rfc3339_utc
 from aaeventd.service import render_units
-from tests.support import TIMEOUT, make_config, short_tmpdir
-from tests.test_cli import BackgroundMain, ObservedDaemon, daemon_thread, emit_all, write_yaml
+from tests.support import TIMEOUT, daemon_thread, make_config
+from tests.test_cli import BackgroundMain, ObservedDaemon, emit_all, write_yaml
 
 # -- fixtures ------------------------------------------------------------------------
 
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
-
-
-@pytest.fixture(autouse=True)
-def private_env(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No user config, socket or token can leak into a test."""
-    for name in ("AAEVENTD_CONFIG", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp / "state"))
+pytestmark = pytest.mark.usefixtures("private_env")
 
 
 @pytest.fixture
 def daemon(tmp: Path) -> Iterator[ObservedDaemon]:
-    with daemon_thread(make_config(tmp)) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp))) as d:
         yield d
 
 
@@ -195,7 +181,7 @@ def test_status_with_a_token_prints_the_link_with_it(
 ) -> None:
     """With auth.token_file, the printed link carries ?token= with the file's token."""
     token_file = tmp / "token"
-    with daemon_thread(make_config(tmp, auth={"token_file": str(token_file)})) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         token = token_file.read_text(encoding="utf-8").strip()
         port = d.ws_port
         path = cli_config(tmp, port, auth={"token_file": str(token_file)})
@@ -342,7 +328,7 @@ def test_clients_needs_the_token(tmp: Path, capsys: pytest.CaptureFixture[str]) 
     """With a token, `clients` sends it (exit 0, --json is the /clients object); a
     config without the token gets 401, explained, exit 1."""
     token_file = tmp / "token"
-    with daemon_thread(make_config(tmp, auth={"token_file": str(token_file)})) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         path = cli_config(tmp, d.ws_port, auth={"token_file": str(token_file)})
         assert main(["clients", "--json", "--config", path]) == 0
         assert json.loads(capsys.readouterr().out) == {"clients": [], "sources": []}
@@ -467,7 +453,7 @@ def test_watch_live_on_a_terminal_draws_skills_and_confirmations(
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stdout", terminal)
     token_file = tmp / "token"
-    with daemon_thread(make_config(tmp, auth={"token_file": str(token_file)})) as d:
+    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         port = d.ws_port
         path = cli_config(tmp, port, auth={"token_file": str(token_file)})
         watch = BackgroundMain(["watch", "--live", "--config", path, "--count", "4"]).start()

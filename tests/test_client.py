@@ -34,11 +34,12 @@ from aaeventd.client import (
     EventSource,
     SourceError,
 )
-from aaeventd.config import Config
 from tests.support import (
     FACTOR,
     TIMEOUT,
+    ThreadedDaemon,
     aaeventd_cmd,
+    daemon_thread,
     make_config,
     recv_json,
     recv_until,
@@ -56,69 +57,9 @@ SHORT = 0.3 * FACTOR
 # -- a daemon in a background thread (the sync library blocks) ------------------------
 
 
-class ThreadedDaemon(Daemon):
-    """A real daemon whose loop runs in another thread."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-    def stop_soon(self) -> None:
-        """Ask it to stop, from any thread."""
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.request_stop)
-
-
-@contextlib.contextmanager
-def daemon_thread(config: Config) -> Iterator[ThreadedDaemon]:
-    """Run a real daemon on its own loop in a thread until the block ends."""
-    daemon = ThreadedDaemon(config, env={})
-    loop_box: list[asyncio.AbstractEventLoop] = []
-    ready = threading.Event()
-    errors: list[BaseException] = []
-
-    async def body() -> None:
-        daemon.loop = asyncio.get_running_loop()
-        loop_box.append(daemon.loop)
-        task = asyncio.create_task(daemon.run())
-        started = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        ready.set()
-        await task
-
-    def target() -> None:
-        try:
-            asyncio.run(body())
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ready.set()
-
-    thread = threading.Thread(target=target, name="aaeventd-daemon", daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(TIMEOUT), "daemon not ready in time"
-        if errors:
-            raise errors[0]
-        yield daemon
-    finally:
-        if loop_box and thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                loop_box[0].call_soon_threadsafe(daemon.request_stop)
-        thread.join(TIMEOUT)
-        assert not thread.is_alive(), "daemon did not stop in time"
-    if errors:
-        raise errors[0]
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
-
-
 @pytest.fixture
 def daemon(tmp: Path) -> Iterator[ThreadedDaemon]:
-    with daemon_thread(make_config(tmp)) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp), env={})) as d:
         yield d
 
 
@@ -326,7 +267,7 @@ def test_messages_yields_answers_nobody_waits_for(daemon: Daemon) -> None:
 
 def test_shutdown_expiry_reaches_a_waiting_thread(tmp: Path) -> None:
     """A shutdown expiry returns the default to a waiting call, or raises without one."""
-    with daemon_thread(make_config(tmp)) as d, ws_client(d.ws_port) as ws:
+    with daemon_thread(ThreadedDaemon(make_config(tmp), env={})) as d, ws_client(d.ws_port) as ws:
         src = EventSource(d.socket_path, name="t", reconnect=False)
         with src:
             with_default = in_thread(src.request_confirmation, "a?", default="no", id="a")
@@ -348,7 +289,7 @@ def test_reconnect_off_raises_when_the_daemon_is_gone(tmp: Path) -> None:
     path = tmp / "ev.sock"
     with pytest.raises(SourceError, match="is aaeventd running"):
         EventSource(path, reconnect=False).start()
-    with daemon_thread(make_config(tmp)) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp), env={})) as d:
         src = EventSource(d.socket_path, name="t", reconnect=False)
         src.start()
     try:
@@ -367,7 +308,7 @@ def test_events_buffered_before_the_daemon_starts_are_delivered_in_order(tmp: Pa
             assert [src.emit("tick", n=n) for n in range(3)] == [None, None, None]
             assert src.buffered == 3
             assert src.connected is False
-            with daemon_thread(make_config(tmp)) as d:
+            with daemon_thread(ThreadedDaemon(make_config(tmp), env={})) as d:
                 assert src.flush(TIMEOUT) is True
                 ack = src.emit("tick", n=3)
                 assert ack is not None
@@ -389,7 +330,7 @@ def test_buffer_overflow_drops_the_oldest_and_reports_it(tmp: Path) -> None:
             for n in range(5):
                 assert src.emit("tick", n=n) is None
             assert (src.dropped, src.buffered) == (2, 3)
-            with daemon_thread(make_config(tmp)) as d:
+            with daemon_thread(ThreadedDaemon(make_config(tmp), env={})) as d:
                 assert src.flush(TIMEOUT) is True
                 with ws_client(d.ws_port, "since=0") as ws:
                     assert [frame(ws)["n"] for _ in range(3)] == [2, 3, 4]
@@ -433,7 +374,7 @@ def test_threads_emitting_through_a_restart_lose_nothing(tmp: Path) -> None:
 
     pool = ThreadPoolExecutor(max_workers=4)
     try:
-        with daemon_thread(config):
+        with daemon_thread(ThreadedDaemon(config, env={})):
             src.start()
             results = [pool.submit(work, w) for w in range(4)]
             for _ in range(4 * 20):
@@ -441,7 +382,7 @@ def test_threads_emitting_through_a_restart_lose_nothing(tmp: Path) -> None:
         stopped.set()
         for _ in range(4 * 10):  # at least these are emitted while it is down
             assert progress.acquire(timeout=TIMEOUT)
-        with daemon_thread(config) as d:
+        with daemon_thread(ThreadedDaemon(config, env={})) as d:
             queued = [r.result(TIMEOUT) for r in results]
             assert src.flush(TIMEOUT) is True
             with ws_client(d.ws_port, "since=0") as ws:

@@ -29,7 +29,6 @@ from tests.support import (
     TIMEOUT,
     StderrLines,
     aaeventd_cmd,
-    short_tmpdir,
     stderr_lines,
     subprocess_env,
 )
@@ -131,12 +130,6 @@ def daemon_process(
             epoch=match["epoch"],
             seq=int(match["seq"]),
         )
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 def run_cli(

@@ -34,7 +34,6 @@ from tests.support import (
     REPO,
     TIMEOUT,
     aaeventd_cmd,
-    short_tmpdir,
     stderr_lines,
     subprocess_env,
 )
@@ -237,12 +236,6 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         yield ctx
     finally:
         ctx.close()
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    with short_tmpdir() as path:
-        yield path
 
 
 def ago(seconds: float) -> str:
