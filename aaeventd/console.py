@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aaeventd.protocol.skills import find_skill, skill_key
+
 # Same rules as the daemon's running-skills list (PROTOCOL §2.1).
-SKILL_KEYS = ("skill_id", "session_id", "skill_name")
 SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
 STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
 HEAL_START_TYPES = frozenset({"heal_started", "auto_heal_triggered"})
@@ -380,7 +381,7 @@ class LiveView:
         for item in frame.get("running_skills") or []:
             if not isinstance(item, dict):
                 continue
-            key = next((v for k in SKILL_KEYS if isinstance(v := item.get(k), str)), None)
+            key = skill_key(item)
             if key is None:
                 continue
             index = _count(item.get("current_step"))
@@ -428,18 +429,11 @@ class LiveView:
         )
 
     def _find_skill(self, event: dict[str, Any]) -> _Skill | None:
-        for name in SKILL_KEYS:
-            value = event.get(name)
-            if not isinstance(value, str):
-                continue
-            for skill in reversed(self._skills.values()):
-                if getattr(skill, name) == value:
-                    return skill
-        return None
+        return find_skill(self._skills.values(), event)
 
     def _track_skill(self, kind: str, event: dict[str, Any], now: float) -> None:
         if kind == "skill_started":
-            key = next((v for k in SKILL_KEYS if isinstance(v := event.get(k), str)), None)
+            key = skill_key(event)
             if key is None:
                 return
             self._skills.pop(key, None)

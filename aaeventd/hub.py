@@ -24,6 +24,7 @@ from aaeventd import SERVER_NAME, __version__
 from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import ConfirmationResponse, normalize_confirmation
+from aaeventd.protocol.skills import find_skill, skill_key
 
 # Running skills (PROTOCOL §2.1): bounded by count and by idleness.
 MAX_RUNNING_SKILLS = 100
@@ -31,7 +32,6 @@ SKILL_IDLE_SECONDS = 3600.0
 
 _SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
 _STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
-_SKILL_KEYS = ("skill_id", "session_id", "skill_name")
 # Fields copied from confirmation_required into the connected snapshot.
 _CONFIRMATION_INFO = (
     "skill_id",
@@ -278,10 +278,7 @@ class Hub:
             skill.total_steps = event["total_steps"]
 
     def _skill_started(self, event: dict[str, Any], wall: float, now: float) -> None:
-        key = next(
-            (v for k in _SKILL_KEYS if isinstance(v := event.get(k), str)),
-            None,
-        )
+        key = skill_key(event)
         if key is None:  # pragma: no cover - validation requires skill_name
             return
         self._skills.pop(key, None)
@@ -302,14 +299,7 @@ class Hub:
     def _find_skill(self, event: dict[str, Any]) -> RunningSkill | None:
         if not self._skills:
             return None
-        for name in _SKILL_KEYS:
-            value = event.get(name)
-            if not isinstance(value, str):
-                continue
-            for skill in reversed(self._skills.values()):
-                if getattr(skill, name) == value:
-                    return skill
-        return None
+        return find_skill(self._skills.values(), event)
 
     def running_skills(self, now: float) -> list[dict[str, Any]]:
         """The snapshot list, after dropping skills idle for more than an hour."""
