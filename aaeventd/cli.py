@@ -599,62 +599,43 @@ class _LiveSink:
 
 
 def _follow(config: Config, args: argparse.Namespace, sink: _Sink) -> int:
-    """Receive events until ``--count`` of them (or forever), reconnecting and
-    resuming with ``since``/``epoch`` after a disconnect.
+    """Receive events until ``--count`` of them (or forever); the
+    :class:`~aaeventd.subscriber.Subscriber` reconnects and resumes after a disconnect.
 
     Raises:
         CommandFailed: the first connection fails, or the daemon refuses the handshake.
     """
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-    from websockets.sync.client import connect
+    from aaeventd.subscriber import Subscriber, SubscriberError
 
-    since: int | None = args.since
-    epoch: str | None = None
+    base = args.url or f"ws://{_url_host(config.websocket.host)}:{config.websocket.port}/"
     received = 0
-    connected_once = False
-    backoff = 0.2
-    while True:
-        url = _ws_url(config, args, since, epoch)
-        shown = url.split("?")[0]  # never show the token
-        try:
-            with connect(url, open_timeout=5, max_size=None) as ws:
-                connected_once = True
-                backoff = 0.2
-                while True:
-                    try:
-                        raw = ws.recv(timeout=sink.timeout())
-                    except TimeoutError:
-                        sink.idle()
-                        continue
-                    msg = json.loads(raw)
-                    kind = msg.get("type")
-                    if kind == "connected":
-                        epoch = msg.get("epoch")
-                        if since is None:
-                            since = int(msg.get("seq", 0))
-                        sink.connected(msg, shown)
-                        continue
-                    if kind == "replay_gap":
-                        sink.gap(msg)
-                        continue
-                    if "seq" in msg:
-                        since = int(msg["seq"])
-                    sink.event(msg)
-                    received += 1
-                    if args.count is not None and received >= args.count:
-                        return EXIT_OK
-        except InvalidStatus as exc:
-            raise CommandFailed(
-                f"{shown} refused the connection: HTTP {exc.response.status_code}"
-            ) from exc
-        except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
-            if not connected_once:
-                raise CommandFailed(
-                    f"cannot connect to {shown}: {exc} (is aaeventd running?)"
-                ) from exc
-            sink.notice(f"disconnected ({exc}); reconnecting")
-        sink.wait(backoff)
-        backoff = min(backoff * 2, 5.0)
+    sub = Subscriber(
+        base,
+        types=getattr(args, "types", None) or None,
+        since=args.since,
+        token=_read_token(config),
+        on_disconnect=lambda exc: sink.notice(f"disconnected ({exc}); reconnecting"),
+        sleep=sink.wait,
+    )
+    with sub:
+        while True:
+            try:
+                msg = sub.recv(timeout=sink.timeout())
+            except SubscriberError as exc:
+                raise CommandFailed(str(exc)) from exc
+            if msg is None:
+                sink.idle()
+                continue
+            kind = msg.get("type")
+            if kind == "connected":
+                sink.connected(msg, sub.shown_url)
+            elif kind == "replay_gap":
+                sink.gap(msg)
+            else:
+                sink.event(msg)
+                received += 1
+                if args.count is not None and received >= args.count:
+                    return EXIT_OK
 
 
 def _can_show(out: TextIO, text: str) -> bool:
