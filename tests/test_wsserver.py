@@ -743,10 +743,11 @@ async def read_until_closed(ws: ClientConnection) -> list[int]:
 
 
 def test_slow_consumer_closed_1013_while_others_get_everything() -> None:
-    """A client that stops reading is closed 1013 "slow consumer"; others get every event."""
+    """A client that stops reading while 50,000 events flow is closed 1013 "slow consumer";
+    the others get every event, and its reconnect with since= recovers the rest."""
 
     async def body() -> None:
-        total, chunk = 20000, 100
+        total, chunk = 50000, 250
         pad = "x" * 450
         async with (
             daemon(
@@ -799,5 +800,15 @@ def test_slow_consumer_closed_1013_while_others_get_everything() -> None:
                             pass
                     assert d.ws.slow_closes == 1
                     assert len(d.ws.sessions) == 1
+
+                    # Back with since=: everything it missed, nothing twice.
+                    resumed = await ws_connect(d, f"since={slow_got[-1]}", max_size=None)
+                    async with resumed:
+                        assert (await recv_json(resumed))["type"] == "connected"
+                        rest = [
+                            json.loads(raw)["seq"]
+                            for raw in await recv_n_raw(resumed, total - len(slow_got))
+                        ]
+                    assert slow_got + rest == list(range(1, total + 1))
 
     run(body())
