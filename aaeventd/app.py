@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aaeventd import SERVER_NAME, __version__
+from aaeventd import __version__
 from aaeventd.config import (
     Config,
     changed_restart_keys,
@@ -36,12 +36,12 @@ from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, Stamped, ToSource
 from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
 from aaeventd.journal import Journal, new_epoch
 from aaeventd.logsetup import configure_logging, log_batch, redact, redact_set
-from aaeventd.metrics import Metric, render_metrics
 from aaeventd.notify import Notifier, listen_fds
-from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
+from aaeventd.protocol.codec import encode_json, ws_text_frame
 from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseTimer, ResumeTimer
 from aaeventd.protocol.filters import TypeFilter
 from aaeventd.tokens import load_or_create_token
+from aaeventd.views import DaemonViews
 from aaeventd.web import AccessSettings, HttpFront
 from aaeventd.wsserver import ClientSession, StreamSettings, StreamStart, WsServer
 
@@ -92,7 +92,7 @@ class Daemon:
         self.ingest = IngestServer(_ingest_settings(config), self)
         self.access = AccessSettings()
         self._apply_access(config)
-        self.front = HttpFront(self.access, self)
+        self.front = HttpFront(self.access, DaemonViews(self))
         ws = config.websocket
         self.ws = WsServer(
             StreamSettings(slow_client_buffer_bytes=ws.slow_client_buffer_bytes),
@@ -206,6 +206,10 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def now(self) -> float:
+        """The event loop's clock (what the hub's deadlines are measured in)."""
+        return self._now()
 
     def _now(self) -> float:
         loop = self._loop or asyncio.get_running_loop()
@@ -516,159 +520,6 @@ class Daemon:
     def client_closed(self, session: ClientSession) -> None:
         """Nothing to clean up in the hub: answers are not tied to a client."""
 
-    # -- StatusSource (web) ------------------------------------------------------
-
-    def client_count(self) -> int:
-        return len(self.ws.sessions)
-
-    def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "server": SERVER_NAME,
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.counters.started_wall, 3),
-            "epoch": self.hub.epoch,
-            "seq": self.hub.last_seq,
-            "clients": len(self.ws.sessions),
-            "sources": len(self.ingest.sources),
-            "pending_confirmations": self.hub.pending_count,
-            "running_skills": len(self.hub.running_skills(self._now())),
-            "port": self.ws.port,
-            "socket_path": str(self.socket_path) if self.socket_path else None,
-            "journal": str(self.journal.directory) if self.journal else None,
-            "last_error": self.counters.last_error,
-        }
-
-    def clients_view(self) -> dict[str, Any]:
-        now = self._now()
-        wall = time.time()
-        clients = [
-            {
-                "id": s.id,
-                "address": s.address,
-                "user_agent": s.user_agent,
-                "filter": list(s.filter.globs),
-                "connected_since": rfc3339_utc(wall - (now - s.connected_at)),
-                "frames_sent": s.frames_sent,
-                "backlog_bytes": s.backlog,
-            }
-            for s in self.ws.sessions.values()
-        ]
-        sources = [
-            {
-                "id": src.id,
-                "pid": src.pid,
-                "uid": src.uid,
-                "executable": _proc_exe(src.pid),
-                "unit": _proc_unit(src.pid),
-                "name": src.name,
-                "connected_since": rfc3339_utc(wall - (now - src.connected_at)),
-                "events_accepted": src.events_accepted,
-                "errors": src.errors,
-                "dropped_replies": src.dropped_replies,
-            }
-            for src in self.ingest.sources.values()
-        ]
-        return {"clients": clients, "sources": sources}
-
-    def metrics_text(self) -> str:
-        return render_metrics(self.metric_samples())
-
-    def metric_samples(self) -> list[Metric]:
-        hub, ingest, ws = self.hub, self.ingest, self.ws
-        return [
-            Metric(
-                "events_in_total",
-                "counter",
-                "Events accepted from sources.",
-                value=self.counters.events_in,
-            ),
-            Metric(
-                "events_out_total",
-                "counter",
-                "Events broadcast, by type.",
-                labelled={(("type", t),): n for t, n in hub.stats.by_type.items()},
-            ),
-            Metric(
-                "events_rejected_total",
-                "counter",
-                "Source lines rejected, by error code.",
-                labelled={(("code", c),): n for c, n in ingest.rejected.items()},
-            ),
-            Metric("clients", "gauge", "Connected WebSocket clients.", value=len(ws.sessions)),
-            Metric("sources", "gauge", "Connected sources.", value=len(ingest.sources)),
-            Metric(
-                "source_refusals_total",
-                "counter",
-                "Source connections refused.",
-                labelled={
-                    (("reason", "forbidden"),): ingest.refused_forbidden,
-                    (("reason", "overloaded"),): ingest.refused_overloaded,
-                },
-            ),
-            Metric(
-                "http_refusals_total",
-                "counter",
-                "HTTP requests refused, by status.",
-                labelled={(("status", str(k)),): v for k, v in self.front.refused.items()},
-            ),
-            Metric(
-                "dropped_replies_total",
-                "counter",
-                "Replies dropped for sources that do not read them.",
-                value=ingest.dropped_replies,
-            ),
-            Metric(
-                "slow_client_disconnects_total",
-                "counter",
-                "Clients closed with 1013 slow consumer.",
-                value=ws.slow_closes,
-            ),
-            Metric(
-                "client_messages_total",
-                "counter",
-                "Messages received from clients.",
-                value=ws.messages_in,
-            ),
-            Metric(
-                "pending_confirmations",
-                "gauge",
-                "Confirmations awaiting an answer.",
-                value=hub.pending_count,
-            ),
-            Metric(
-                "confirmations_answered_total",
-                "counter",
-                "Confirmations answered.",
-                value=hub.stats.confirmations_answered,
-            ),
-            Metric(
-                "confirmations_expired_total",
-                "counter",
-                "Confirmations expired.",
-                value=hub.stats.confirmations_expired,
-            ),
-            Metric(
-                "journal_bytes_total",
-                "counter",
-                "Bytes appended to the journal.",
-                value=self.journal.bytes_written if self.journal else 0,
-            ),
-            Metric(
-                "journal_errors_total",
-                "counter",
-                "Journal writes that failed.",
-                value=self.counters.journal_errors,
-            ),
-            Metric("seq", "gauge", "The last seq broadcast.", value=hub.last_seq),
-            Metric(
-                "uptime_seconds",
-                "gauge",
-                "Seconds since the daemon started.",
-                value=round(time.time() - self.counters.started_wall, 3),
-            ),
-        ]
-
 
 @dataclass
 class _Chunk:
@@ -741,32 +592,6 @@ def _ingest_settings(cfg: Config) -> IngestSettings:
         allow_unknown_types=cfg.events.allow_unknown_types,
         max_timeout_seconds=cfg.confirmations.max_timeout_seconds,
     )
-
-
-def _proc_exe(pid: int | None) -> str | None:
-    if pid is None:
-        return None
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _proc_unit(pid: int | None) -> str | None:
-    """The systemd unit of a process, from the last path element of its cgroup."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        path = line.rpartition(":")[2]
-        for part in reversed(path.split("/")):
-            if part.endswith((".service", ".scope")):
-                return part
-    return None
 
 
 async def serve(config: Config, *, config_path: str | None) -> int:

@@ -867,7 +867,7 @@ def test_peer_pid_and_uid_are_recorded_and_logged() -> None:
                 src = only_source(d)
                 assert (src.pid, src.uid, src.gid) == (os.getpid(), os.getuid(), os.getgid())
                 assert src.name == "test-source"
-                views = d.clients_view()["sources"]
+                views = d.front.status.clients_view()["sources"]
                 assert [(v["pid"], v["uid"], v["name"]) for v in views] == [
                     (os.getpid(), os.getuid(), "test-source")
                 ]

@@ -1,0 +1,203 @@
+"""Read-only views of a running daemon: ``/healthz``, ``/clients`` and ``/metrics``.
+
+Implements :class:`~aaeventd.web.StatusSource` over the daemon's components.  It
+reads counters and state and changes nothing; the HTTP layer formats nothing but the
+bytes it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from aaeventd import SERVER_NAME, __version__
+from aaeventd.metrics import Metric, render_metrics
+from aaeventd.protocol.codec import rfc3339_utc
+
+if TYPE_CHECKING:
+    from aaeventd.app import Daemon
+
+
+class DaemonViews:
+    """What the HTTP endpoints show of ``daemon``."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def client_count(self) -> int:
+        return len(self._d.ws.sessions)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "server": SERVER_NAME,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self._d.counters.started_wall, 3),
+            "epoch": self._d.hub.epoch,
+            "seq": self._d.hub.last_seq,
+            "clients": len(self._d.ws.sessions),
+            "sources": len(self._d.ingest.sources),
+            "pending_confirmations": self._d.hub.pending_count,
+            "running_skills": len(self._d.hub.running_skills(self._d.now())),
+            "port": self._d.ws.port,
+            "socket_path": str(self._d.socket_path) if self._d.socket_path else None,
+            "journal": str(self._d.journal.directory) if self._d.journal else None,
+            "last_error": self._d.counters.last_error,
+        }
+
+    def clients_view(self) -> dict[str, Any]:
+        now = self._d.now()
+        wall = time.time()
+        clients = [
+            {
+                "id": s.id,
+                "address": s.address,
+                "user_agent": s.user_agent,
+                "filter": list(s.filter.globs),
+                "connected_since": rfc3339_utc(wall - (now - s.connected_at)),
+                "frames_sent": s.frames_sent,
+                "backlog_bytes": s.backlog,
+            }
+            for s in self._d.ws.sessions.values()
+        ]
+        sources = [
+            {
+                "id": src.id,
+                "pid": src.pid,
+                "uid": src.uid,
+                "executable": _proc_exe(src.pid),
+                "unit": _proc_unit(src.pid),
+                "name": src.name,
+                "connected_since": rfc3339_utc(wall - (now - src.connected_at)),
+                "events_accepted": src.events_accepted,
+                "errors": src.errors,
+                "dropped_replies": src.dropped_replies,
+            }
+            for src in self._d.ingest.sources.values()
+        ]
+        return {"clients": clients, "sources": sources}
+
+    def metrics_text(self) -> str:
+        return render_metrics(self.metric_samples())
+
+    def metric_samples(self) -> list[Metric]:
+        hub, ingest, ws = self._d.hub, self._d.ingest, self._d.ws
+        return [
+            Metric(
+                "events_in_total",
+                "counter",
+                "Events accepted from sources.",
+                value=self._d.counters.events_in,
+            ),
+            Metric(
+                "events_out_total",
+                "counter",
+                "Events broadcast, by type.",
+                labelled={(("type", t),): n for t, n in hub.stats.by_type.items()},
+            ),
+            Metric(
+                "events_rejected_total",
+                "counter",
+                "Source lines rejected, by error code.",
+                labelled={(("code", c),): n for c, n in ingest.rejected.items()},
+            ),
+            Metric("clients", "gauge", "Connected WebSocket clients.", value=len(ws.sessions)),
+            Metric("sources", "gauge", "Connected sources.", value=len(ingest.sources)),
+            Metric(
+                "source_refusals_total",
+                "counter",
+                "Source connections refused.",
+                labelled={
+                    (("reason", "forbidden"),): ingest.refused_forbidden,
+                    (("reason", "overloaded"),): ingest.refused_overloaded,
+                },
+            ),
+            Metric(
+                "http_refusals_total",
+                "counter",
+                "HTTP requests refused, by status.",
+                labelled={(("status", str(k)),): v for k, v in self._d.front.refused.items()},
+            ),
+            Metric(
+                "dropped_replies_total",
+                "counter",
+                "Replies dropped for sources that do not read them.",
+                value=ingest.dropped_replies,
+            ),
+            Metric(
+                "slow_client_disconnects_total",
+                "counter",
+                "Clients closed with 1013 slow consumer.",
+                value=ws.slow_closes,
+            ),
+            Metric(
+                "client_messages_total",
+                "counter",
+                "Messages received from clients.",
+                value=ws.messages_in,
+            ),
+            Metric(
+                "pending_confirmations",
+                "gauge",
+                "Confirmations awaiting an answer.",
+                value=hub.pending_count,
+            ),
+            Metric(
+                "confirmations_answered_total",
+                "counter",
+                "Confirmations answered.",
+                value=hub.stats.confirmations_answered,
+            ),
+            Metric(
+                "confirmations_expired_total",
+                "counter",
+                "Confirmations expired.",
+                value=hub.stats.confirmations_expired,
+            ),
+            Metric(
+                "journal_bytes_total",
+                "counter",
+                "Bytes appended to the journal.",
+                value=self._d.journal.bytes_written if self._d.journal else 0,
+            ),
+            Metric(
+                "journal_errors_total",
+                "counter",
+                "Journal writes that failed.",
+                value=self._d.counters.journal_errors,
+            ),
+            Metric("seq", "gauge", "The last seq broadcast.", value=hub.last_seq),
+            Metric(
+                "uptime_seconds",
+                "gauge",
+                "Seconds since the daemon started.",
+                value=round(time.time() - self._d.counters.started_wall, 3),
+            ),
+        ]
+
+
+def _proc_exe(pid: int | None) -> str | None:
+    if pid is None:
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _proc_unit(pid: int | None) -> str | None:
+    """The systemd unit of a process, from the last path element of its cgroup."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.rpartition(":")[2]
+        for part in reversed(path.split("/")):
+            if part.endswith((".service", ".scope")):
+                return part
+    return None
