@@ -323,6 +323,7 @@ class Daemon:
         access.allowed_origins = tuple(cfg.websocket.allowed_origins)
         access.allow_remote = cfg.websocket.allow_remote
         access.max_clients = cfg.websocket.max_clients
+        access.allowed_uids = frozenset({os.getuid(), *cfg.sources.allowed_uids})
         token_file = resolve_token_file(cfg)
         access.token = load_or_create_token(token_file) if token_file is not None else None
 

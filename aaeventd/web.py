@@ -15,6 +15,7 @@ import hmac
 import http
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+
+from aaeventd.peers import tcp_peer_uid
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class AccessSettings:
     allow_remote: bool = False
     token: str | None = None
     max_clients: int = 256
+    # uids whose processes may connect on loopback: ours plus sources.allowed_uids.
+    allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     port: int = 0  # the real port once bound: its own origins are always allowed
     own_origins: frozenset[str] = field(default_factory=frozenset)
 
@@ -127,11 +132,16 @@ class HttpFront:
         self.settings = settings
         self.status = status
         self.refused: dict[int, int] = {}
+        self._peer_check_unavailable_logged = False
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         settings = self.settings
         path = urlsplit(request.path).path
-        refusal = _check_single_headers(request) or self._check_access(request, path)
+        refusal = (
+            self._check_peer(connection)
+            or _check_single_headers(request)
+            or self._check_access(request, path)
+        )
         if refusal is not None:
             status, text = refusal
             self.refused[status] = self.refused.get(status, 0) + 1
@@ -162,6 +172,24 @@ class HttpFront:
                     )
             return None
         return self._route(path)
+
+    def _check_peer(self, connection: ServerConnection) -> tuple[int, str] | None:
+        """On loopback, only our own user's processes (and ``allowed_uids``) get in."""
+        settings = self.settings
+        if settings.allow_remote:
+            return None  # remote hosts: the token guards the door
+        try:
+            uid = tcp_peer_uid(connection.remote_address, connection.local_address)
+        except LookupError:
+            return http.HTTPStatus.FORBIDDEN, "the connection's owner could not be found"
+        if uid is None:
+            if not self._peer_check_unavailable_logged:
+                self._peer_check_unavailable_logged = True
+                log.warning("no /proc/net/tcp here: clients' uids cannot be checked")
+            return None
+        if uid in settings.allowed_uids:
+            return None
+        return http.HTTPStatus.FORBIDDEN, f"uid {uid} may not connect (not the daemon's user)"
 
     def _check_access(self, request: Request, path: str) -> tuple[int, str] | None:
         settings = self.settings

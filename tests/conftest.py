@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,19 @@ def private_env(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp / "state"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what a reload's ``configure_logging`` does to the process-wide loggers.
+
+    Tests that reload a daemon in-process would otherwise leave the ``aaeventd``
+    logger writing to stderr and not propagating, hiding later tests' records.
+    """
+    loggers = [logging.getLogger("aaeventd"), logging.getLogger("aaeventd.websockets")]
+    saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    yield
+    for logger, (level, propagate, handlers) in zip(loggers, saved, strict=True):
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.handlers[:] = handlers
