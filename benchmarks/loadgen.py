@@ -16,6 +16,9 @@ implementations exist:
   full per-message path.  Several times dearer per frame; kept to show how much the
   client side weighs.
 
+:class:`StalledClient` is the odd one out: a blocking client, driven by the parent,
+that completes the handshake and then stops reading (the slow-consumer scenario).
+
 Timestamps are ``time.monotonic_ns()``: every process on the host reads the same
 ``CLOCK_MONOTONIC``, so a send time taken in one process and a receive time taken in
 another subtract to a latency.  Nothing here opens anything but loopback and Unix
@@ -139,6 +142,7 @@ class ClientPlan:
 
     ``latency``: record ``receive time - t_send`` per event instead of only the time
     the last event arrived.  ``kind``: ``raw`` or ``websockets`` (see the module doc).
+    ``path``: the request target, with its query (``/?since=0`` for a replay).
     """
 
     host: str
@@ -148,6 +152,7 @@ class ClientPlan:
     latency: bool
     kind: str
     timeout: float
+    path: str = "/"
 
 
 @dataclass(slots=True)
@@ -155,6 +160,7 @@ class _Stream:
     """What one connection saw."""
 
     frames: int = 0
+    first_ns: int = 0  # when the ``connected`` frame arrived
     last_ns: int = 0
     last_payload: bytes = b""
     latencies: array[int] = field(default_factory=lambda: array("q"))
@@ -188,7 +194,7 @@ async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
                     )
                     closers.append(transport)
             else:
-                url = f"ws://{plan.host}:{plan.port}/"
+                url = f"ws://{plan.host}:{plan.port}{plan.path}"
                 tasks = [
                     asyncio.create_task(_ws_client(url, plan, streams[i], ready[i], done[i]))
                     for i in range(plan.connections)
@@ -215,6 +221,7 @@ async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
 def _summary(streams: list[_Stream], latency: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "frames": [s.frames for s in streams],
+        "first_ns": [s.first_ns for s in streams],
         "last_ns": [s.last_ns for s in streams],
         "last_payload": streams[0].last_payload,
     }
@@ -246,6 +253,7 @@ async def _ws_client(
         url, compression=None, max_size=None, user_agent_header="aaeventd-bench"
     ) as ws:
         await ws.recv(decode=False)  # connected
+        stream.first_ns = time.monotonic_ns()
         ready.set_result(None)
         for _ in range(plan.events):
             payload = await ws.recv(decode=False)
@@ -282,13 +290,14 @@ class _RawClient(asyncio.Protocol):
         self.transport = transport
         plan = self.plan
         transport.write(
-            b"GET / HTTP/1.1\r\n"
+            b"GET %s HTTP/1.1\r\n"
             b"Host: %s:%d\r\n"
             b"Upgrade: websocket\r\n"
             b"Connection: Upgrade\r\n"
             b"Sec-WebSocket-Key: %s\r\n"
             b"Sec-WebSocket-Version: 13\r\n"
-            b"User-Agent: aaeventd-bench\r\n\r\n" % (plan.host.encode(), plan.port, self.key)
+            b"User-Agent: aaeventd-bench\r\n\r\n"
+            % (plan.path.encode(), plan.host.encode(), plan.port, self.key)
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -353,6 +362,7 @@ class _RawClient(asyncio.Protocol):
     def _text(self, buf: bytearray, start: int, end: int, now: int) -> None:
         if not self.connected_seen:
             self.connected_seen = True
+            self.stream.first_ns = now
             self.ready.set_result(None)
             return
         stream = self.stream
@@ -366,8 +376,131 @@ class _RawClient(asyncio.Protocol):
             self.done.set_result(None)
 
     def _send(self, opcode: int, payload: bytes) -> None:
-        # Client frames must be masked (RFC 6455 §5.3); only short control frames here.
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        # Only short control frames (pongs) are sent.
         assert self.transport is not None
-        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
+        self.transport.write(_masked(opcode, payload))
+
+
+# -- a client that stops reading -------------------------------------------------------
+
+
+def _parse_frame(buf: bytearray | bytes, pos: int) -> tuple[int, int, int] | None:
+    """``(opcode, payload start, end)`` of the unmasked frame at ``pos``, if complete."""
+    n = len(buf)
+    if n - pos < 2:
+        return None
+    b1 = buf[pos + 1] & 0x7F
+    if b1 < 126:
+        header, length = 2, b1
+    elif b1 == 126:
+        if n - pos < 4:
+            return None
+        header, length = 4, int.from_bytes(buf[pos + 2 : pos + 4], "big")
+    else:
+        if n - pos < 10:
+            return None
+        header, length = 10, int.from_bytes(buf[pos + 2 : pos + 10], "big")
+    end = pos + header + length
+    if end > n:
+        return None
+    return buf[pos] & 0x0F, pos + header, end
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A short client frame (masked, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+
+
+class StalledClient:
+    """A WebSocket client that completes the handshake and then reads nothing.
+
+    Blocking, driven by the parent process (it costs nothing while it stalls).  Its
+    receive buffer is shrunk (``SO_RCVBUF``, before connecting, so the advertised
+    window is small from the start): the kernel soon stops taking data for it, and
+    the server's backlog for it grows by every event.  After the run,
+    :meth:`read_close` reads what the server had buffered, up to its close frame, and
+    answers it.
+    """
+
+    def __init__(self, host: str, port: int, *, rcvbuf: int = 4096, timeout: float = 10.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.buf = bytearray()
+
+    def connect(self) -> None:
+        """Connect and complete the opening handshake (then read no more)."""
+        key = base64.b64encode(os.urandom(16))
+        self.sock.connect((self.host, self.port))
+        self.sock.sendall(
+            b"GET / HTTP/1.1\r\n"
+            b"Host: %s:%d\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: %s\r\n"
+            b"Sec-WebSocket-Version: 13\r\n"
+            b"User-Agent: aaeventd-bench-stalled\r\n\r\n" % (self.host.encode(), self.port, key)
+        )
+        while b"\r\n\r\n" not in self.buf:
+            data = self.sock.recv(4096)
+            if not data:
+                raise ConnectionError("stalled client: connection closed during the handshake")
+            self.buf += data
+        end = self.buf.index(b"\r\n\r\n")
+        head = bytes(self.buf[:end]).decode("latin-1")
+        del self.buf[: end + 4]
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
+        if not head.startswith("HTTP/1.1 101") or accept not in head:
+            raise ConnectionError(f"stalled client: handshake refused: {head.splitlines()[0]!r}")
+
+    def read_close(self, timeout: float) -> dict[str, Any]:
+        """Read everything up to the server's close frame; answer it.
+
+        Returns ``code`` and ``reason`` of the close frame (``None`` if the connection
+        ended, or ``timeout`` passed, without one), the events (text ``frames`` after
+        ``connected``) and the ``bytes`` read before it.
+        """
+        deadline = time.monotonic() + timeout
+        frames = 0
+        received = len(self.buf)
+        buf = self.buf
+        pos = 0
+        result: dict[str, Any] = {"code": None, "reason": None, "frames": 0, "bytes": 0}
+        try:
+            while True:
+                while (frame := _parse_frame(buf, pos)) is not None:
+                    opcode, start, end = frame
+                    if opcode == _OP_TEXT:
+                        frames += 1
+                    elif opcode == _OP_CLOSE:
+                        payload = bytes(buf[start:end])
+                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                        result["code"] = code
+                        result["reason"] = payload[2:].decode("utf-8", "replace")
+                        self.sock.sendall(_masked(_OP_CLOSE, payload[:2]))
+                        return result
+                    pos = end
+                del buf[:pos]
+                pos = 0
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return result
+                self.sock.settimeout(left)
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    return result
+                received += len(data)
+                buf += data
+        except OSError:  # reset (the server gave up on us) or timed out
+            return result
+        finally:
+            result["frames"] = max(0, frames - 1)  # the first is ``connected``
+            result["bytes"] = received
+
+    def close(self) -> None:
+        self.sock.close()
