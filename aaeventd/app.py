@@ -532,21 +532,27 @@ class _Chunk:
 BACKFILL_CHUNK = 2000
 
 
-def _journal_chunk(lines: Iterator[bytes], last: int, type_filter: TypeFilter) -> _Chunk:
-    """Up to BACKFILL_CHUNK journal lines with seq <= last, as frames (runs in a thread)."""
+def _journal_chunk(
+    lines: Iterator[tuple[int, bytes]], last: int, type_filter: TypeFilter
+) -> _Chunk:
+    """Up to BACKFILL_CHUNK journal lines with seq <= last, as frames (runs in a thread).
+
+    A line is parsed only when the client filters by type; the seq comes from the
+    journal's own cheap lookup.
+    """
     frames: list[bytes] = []
     first: int | None = None
+    everything = type_filter.matches_all
     for _ in range(BACKFILL_CHUNK):
-        line = next(lines, None)
-        if line is None:
+        item = next(lines, None)
+        if item is None:
             return _Chunk(frames, first, True)
-        obj = json.loads(line)
-        seq = obj.get("seq")
-        if not isinstance(seq, int) or seq > last:
+        seq, line = item
+        if seq > last:
             return _Chunk(frames, first, True)
         if first is None:
             first = seq
-        if type_filter.matches(str(obj.get("type"))):
+        if everything or type_filter.matches(str(json.loads(line).get("type"))):
             frames.append(ws_text_frame(bytes(line)))
     return _Chunk(frames, first, False)
 

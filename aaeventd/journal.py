@@ -245,8 +245,8 @@ class Journal:
 
     # -- reading -----------------------------------------------------------------
 
-    def read_since(self, since: int) -> Iterator[bytes]:
-        """Yield journal lines (without ``\\n``) with ``seq > since``, oldest first."""
+    def read_since(self, since: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(seq, line)`` (the line without ``\\n``) for ``seq > since``, oldest first."""
         files = self.files()
         firsts = [int(_NAME_RE.match(p.name).group(1)) for p in files]  # type: ignore[union-attr]
         start = 0
@@ -264,7 +264,7 @@ class Journal:
                         return
                     seq = _line_seq(line)
                     if seq is not None and seq > since:
-                        yield line[:-1]
+                        yield seq, line[:-1]
 
 
 _SEQ_RE = re.compile(rb'"seq":(\d+)')

@@ -11,9 +11,10 @@ import contextlib
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
+
+from aaeventd.protocol.codec import rfc3339_utc
 
 ROOT = "aaeventd"
 REDACTED = "***"
@@ -71,8 +72,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def _iso(created: float) -> str:
-    ms = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
+    # The same format as event timestamps, and its per-second cache.
+    return rfc3339_utc(created)
 
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -21,7 +21,7 @@ import itertools
 import logging
 import re
 import socket
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -116,6 +116,7 @@ class ClientSession:
 
     __slots__ = (
         "_abort",
+        "_on_slow",
         "address",
         "closing",
         "conn",
@@ -138,8 +139,10 @@ class ClientSession:
         type_filter: TypeFilter,
         settings: StreamSettings,
         connected_at: float,
+        on_slow: Callable[[], None] = lambda: None,
     ) -> None:
         self.id = cid
+        self._on_slow = on_slow  # counts a slow-consumer close when it happens
         self.conn = conn
         self.transport = conn.transport
         self.filter = type_filter
@@ -218,6 +221,7 @@ class ClientSession:
         if self.closing:
             return
         self.closing = True
+        self._on_slow()
         self.log.warning(
             "closing slow consumer (%d bytes unsent > %d)",
             self.backlog,
@@ -352,6 +356,9 @@ class WsServer:
 
     # -- connections -------------------------------------------------------------
 
+    def _count_slow_close(self) -> None:
+        self.slow_closes += 1
+
     async def _handler(self, conn: ServerConnection) -> None:
         request = conn.request
         assert request is not None
@@ -368,6 +375,7 @@ class WsServer:
             TypeFilter.from_query(types[-1] if types else None),
             self.settings,
             asyncio.get_running_loop().time(),
+            on_slow=self._count_slow_close,
         )
         # The snapshot, the replay plan and the registration happen in one step of the
         # event loop, so no live event can fall between them or arrive twice.
@@ -396,8 +404,6 @@ class WsServer:
         finally:
             self.sessions.pop(session.id, None)
             session.cancel_timers()
-            if session.closing:
-                self.slow_closes += 1
             session.log.info(
                 "client disconnected (%s), %d frames sent", conn.close_code, session.frames_sent
             )
