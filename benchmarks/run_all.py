@@ -843,9 +843,9 @@ def reader_probe(directory: Path, events: int) -> dict[str, float]:
     """µs/event of the replay's journal reader, run in this process on a filled journal.
 
     ``read``: ``Journal.read_since`` alone (file iteration and each line's seq);
-    ``backfill``: what ``Daemon.backfill`` runs in its worker thread (``read_since``,
-    then ``_journal_chunk``: ``json.loads`` of each line, the filter, the frame);
-    ``loads``: ``json.loads`` of the same lines alone.
+    ``backfill``: what ``Daemon.backfill`` runs in its worker thread for an unfiltered
+    client (``read_since``, then ``_journal_chunk``: the frame of each line);
+    ``loads``: ``json.loads`` of the same lines alone (what a filtered client adds).
     """
     # Imported here: every spawned client and source process re-imports this module.
     from aaeventd.app import _journal_chunk
@@ -858,7 +858,7 @@ def reader_probe(directory: Path, events: int) -> dict[str, float]:
     lines = list(journal.read_since(0))
     read = time.perf_counter() - start
     start = time.perf_counter()
-    for line in lines:
+    for _, line in lines:
         json.loads(line)
     loads = time.perf_counter() - start
     del lines
@@ -1419,12 +1419,11 @@ def suggestions(
         f"**Replay from the journal** runs at {rate('r'):,.0f} events/s, "
         f"{fields['r_vs_live']}x the live rate, and the daemon is what limits it "
         f"({fields['r_cores']} of a core over the replay). The worker thread's reader "
-        f"takes {fields['r_backfill']} µs/event, {fields['r_loads_pct']} % of it "
-        "`json.loads` of every line in `app._journal_chunk`, only to get `seq` and "
-        "`type`. `Journal.read_since` already finds each line's seq (`_line_seq`: a "
-        "regex, with a parse as fallback); yielding `(seq, line)` from it and parsing the "
-        "type only for a client with a type filter would take the reader to about "
-        f"{fields['r_read']} µs/event. Also, reading the next chunk could overlap the "
+        f"takes {fields['r_backfill']} µs/event for an unfiltered client: the seq comes "
+        "from `Journal.read_since`'s cheap lookup and a line is parsed only for a client "
+        f"with a type filter, which adds `json.loads` ({fields['r_loads_pct']} % of the "
+        f"reader's time if it ran for every line). The bare read is "
+        f"{fields['r_read']} µs/event. Reading the next chunk could also overlap the "
         "loop's wait on `drain()` (today they alternate). Not measured here: how a "
         "large replay (the reader thread holds the GIL most of the time) delays live "
         "events to the other clients."
@@ -1630,12 +1629,11 @@ replayed event); server CPU over the same span. The journal held {r_files} file(
 Replay runs at **{r_vs_live}x** the live rate of the same daemon: it skips parsing,
 validation, stamping, encoding and the journal write, and sends large chunks. The
 daemon is still what limits it: it used {r_cores} of a core over the replay, the
-client {r_client}. The reader in the worker thread takes {r_backfill} µs/event
-(timed by the script in its own process on the same files): {r_read} for
-`Journal.read_since` (file iteration, each line's seq by a regex), and
-`json.loads` of every line in `_journal_chunk` is {r_loads} of it
-({r_loads_pct} %); the remaining {r_rest} µs/event are the frames' writes and the
-kernel's sends.
+client {r_client}. The reader in the worker thread takes {r_backfill} µs/event for
+an unfiltered client (timed by the script in its own process on the same files):
+{r_read} for `Journal.read_since` (file iteration, each line's seq by a regex), the
+rest for the frames. A client with a type filter adds a `json.loads` per line
+({r_loads} µs/event, measured alone) to read the type.
 
 ## Slow consumer
 
