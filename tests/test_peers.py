@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import subprocess
 
 import pytest
 
 from aaeventd.peers import parse_proc_net_tcp, tcp_peer_uid
 from tests.support import TIMEOUT, make_config, run, running_daemon, short_tmpdir
-from tests.test_security import IS_ROOT, needs_root, other_user
+from tests.test_security import IS_ROOT, needs_root, other_user, run_script_as_other_user
 
 SAMPLE = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -62,25 +60,8 @@ def test_unknown_connection_is_a_lookup_error() -> None:
 
 
 async def other_user_get(port: int) -> str:
-    uid, gid, python = other_user()
-    proc = await asyncio.create_subprocess_exec(
-        python,
-        "-I",
-        "-c",
-        OTHER_UID_CLIENT,
-        str(port),
-        str(TIMEOUT),
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0, err.decode()
-    return out.decode().strip()
+    """The status line nobody gets for ``GET /healthz`` on the daemon's port."""
+    return (await run_script_as_other_user(OTHER_UID_CLIENT, str(port), str(TIMEOUT))).strip()
 
 
 @needs_root

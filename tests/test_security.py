@@ -404,17 +404,15 @@ def other_user() -> tuple[int, int, str]:
     raise AssertionError(f"user nobody can run none of {candidates}")
 
 
-async def run_as_other_user(path: Path, wanted: int) -> dict[str, Any]:
-    """Run :data:`OTHER_UID_SOURCE` as ``nobody``; return its report."""
+async def run_script_as_other_user(script: str, *args: str) -> str:
+    """Run a Python ``script`` with ``args`` as ``nobody``; its standard output."""
     uid, gid, python = other_user()
     proc = await asyncio.create_subprocess_exec(
         python,
         "-I",
         "-c",
-        OTHER_UID_SOURCE,
-        str(path),
-        str(wanted),
-        str(TIMEOUT),
+        script,
+        *args,
         user=uid,
         group=gid,
         extra_groups=[],
@@ -425,8 +423,15 @@ async def run_as_other_user(path: Path, wanted: int) -> dict[str, Any]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 0, err.decode()
-    report = json.loads(out)
-    assert report["pid"] == proc.pid
+    return out.decode()
+
+
+async def run_as_other_user(path: Path, wanted: int) -> dict[str, Any]:
+    """Run :data:`OTHER_UID_SOURCE` as ``nobody``; return its report."""
+    uid, _, _ = other_user()
+    report = json.loads(
+        await run_script_as_other_user(OTHER_UID_SOURCE, str(path), str(wanted), str(TIMEOUT))
+    )
     assert report["uid"] == uid
     return report
 
