@@ -412,22 +412,8 @@ class _Conn:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
-class EventSource:
-    """A blocking, thread-safe connection that sends events and waits for their acks.
-
-    Args:
-        socket_path: the daemon's Unix socket; default as :func:`default_socket_path`.
-        name: sent in ``hello`` so the daemon's logs and ``/clients`` show who we are.
-        timeout: seconds to wait for a connection or for a reply to one event.
-        reconnect: re-establish a lost connection in the background and buffer events
-            meanwhile (``emit`` then returns ``None``).  With ``False`` a lost
-            connection raises :class:`SourceError` and the next ``emit`` reconnects.
-        buffer_size: events kept while the daemon is unreachable.
-        overflow: past ``buffer_size``, ``"drop_oldest"`` (counted in :attr:`dropped`,
-            logged) or ``"raise"`` (:class:`BufferFull` from ``emit``).
-        retry_initial, retry_max: the reconnect back-off, doubling from the first to
-            the second (seconds).
-    """
+class _SourceBase:
+    """What both twins share: their settings, the sans-I/O core and its counters."""
 
     def __init__(
         self,
@@ -449,10 +435,45 @@ class EventSource:
         self.retry_max = retry_max
         self.welcome: dict[str, Any] | None = None
         self._core = _Core(buffer_size, overflow)
+        self._closed = False
+        self._init_io()
+
+    def _init_io(self) -> None:
+        """The twin's own locks, connection and queues."""
+        raise NotImplementedError
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: dropped from a full buffer, or not delivered when closed."""
+        return self._core.dropped
+
+    @property
+    def rejected(self) -> int:
+        """Buffered events refused by the daemon after a reconnect (no caller to raise to)."""
+        return self._core.rejected
+
+
+class EventSource(_SourceBase):
+    """A blocking, thread-safe connection that sends events and waits for their acks.
+
+    Args:
+        socket_path: the daemon's Unix socket; default as :func:`default_socket_path`.
+        name: sent in ``hello`` so the daemon's logs and ``/clients`` show who we are.
+        timeout: seconds to wait for a connection or for a reply to one event.
+        reconnect: re-establish a lost connection in the background and buffer events
+            meanwhile (``emit`` then returns ``None``).  With ``False`` a lost
+            connection raises :class:`SourceError` and the next ``emit`` reconnects.
+        buffer_size: events kept while the daemon is unreachable.
+        overflow: past ``buffer_size``, ``"drop_oldest"`` (counted in :attr:`dropped`,
+            logged) or ``"raise"`` (:class:`BufferFull` from ``emit``).
+        retry_initial, retry_max: the reconnect back-off, doubling from the first to
+            the second (seconds).
+    """
+
+    def _init_io(self) -> None:
         self._state = threading.Condition()  # guards everything below and the core
         self._send_lock = threading.Lock()  # one writer at a time: wire order = FIFO order
         self._conn: _Conn | None = None
-        self._closed = False
         self._closing = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._threads: set[threading.Thread] = set()
@@ -472,16 +493,6 @@ class EventSource:
         """Whether events are being sent now (not buffered)."""
         with self._state:
             return self._conn is not None and self._conn.ready and not self._conn.broken
-
-    @property
-    def dropped(self) -> int:
-        """Events lost: dropped from a full buffer, or not delivered when closed."""
-        return self._core.dropped
-
-    @property
-    def rejected(self) -> int:
-        """Buffered events refused by the daemon after a reconnect (no caller to raise to)."""
-        return self._core.rejected
 
     @property
     def buffered(self) -> int:
@@ -897,7 +908,7 @@ class _AConn:
         self.writer.transport.abort()
 
 
-class AsyncEventSource:
+class AsyncEventSource(_SourceBase):
     """The asyncio twin of :class:`EventSource`: same arguments, same semantics.
 
     Use it from one event loop (it is not thread-safe); every method that talks to
@@ -905,29 +916,9 @@ class AsyncEventSource:
     in :meth:`close` (or at the end of ``async with``).
     """
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        name: str = "aaeventd-client",
-        timeout: float = 10.0,
-        reconnect: bool = True,
-        buffer_size: int = DEFAULT_BUFFER_SIZE,
-        overflow: Overflow = "drop_oldest",
-        retry_initial: float = RETRY_INITIAL_SECONDS,
-        retry_max: float = RETRY_MAX_SECONDS,
-    ) -> None:
-        self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
-        self.name = name
-        self.timeout = timeout
-        self.reconnect = reconnect
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.welcome: dict[str, Any] | None = None
-        self._core = _Core(buffer_size, overflow)
+    def _init_io(self) -> None:
         self._send_lock = asyncio.Lock()
         self._conn: _AConn | None = None
-        self._closed = False
         self._closing = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -945,14 +936,6 @@ class AsyncEventSource:
     @property
     def connected(self) -> bool:
         return self._conn is not None and self._conn.ready and not self._conn.broken
-
-    @property
-    def dropped(self) -> int:
-        return self._core.dropped
-
-    @property
-    def rejected(self) -> int:
-        return self._core.rejected
 
     @property
     def buffered(self) -> int:
