@@ -93,6 +93,25 @@ async def running_daemon(
         await asyncio.wait_for(task, TIMEOUT)
 
 
+@contextlib.asynccontextmanager
+async def private_daemon(**sections: dict[str, Any]) -> AsyncIterator[Daemon]:
+    """A running daemon on a private socket, journal and port (``sections`` as make_config)."""
+    with short_tmpdir() as tmp:
+        async with running_daemon(make_config(tmp, **sections)) as d:
+            yield d
+
+
+@contextlib.asynccontextmanager
+async def connected_client(
+    d: Daemon, query: str = "", **kwargs: Any
+) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """A WebSocket client and its ``connected`` frame (so it is registered)."""
+    async with await ws_connect(d, query, **kwargs) as ws:
+        first = await recv_json(ws)
+        assert first["type"] == "connected", first
+        yield ws, first
+
+
 class ThreadedDaemon(Daemon):
     """A real daemon whose event loop runs in another thread (for blocking callers)."""
 

@@ -28,13 +28,15 @@ from tests.support import (
     FACTOR,
     TIMEOUT,
     Source,
-    make_config,
     recv_json,
     recv_until,
     run,
-    running_daemon,
-    short_tmpdir,
-    ws_connect,
+)
+from tests.support import (
+    connected_client as client,
+)
+from tests.support import (
+    private_daemon as daemon,
 )
 
 HELLO = {"type": "hello", "name": "confirm-tests", "acks": True}
@@ -44,25 +46,6 @@ SHORT = 0.3 * FACTOR
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def daemon(**sections: dict[str, Any]) -> AsyncIterator[Daemon]:
-    """A daemon on a private socket, journal and port, with ``sections`` overridden."""
-    with short_tmpdir() as tmp:
-        async with running_daemon(make_config(tmp, **sections)) as d:
-            yield d
-
-
-@contextlib.asynccontextmanager
-async def client(
-    d: Daemon, query: str = "", **kwargs: Any
-) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
-    """A connected client and its ``connected`` frame."""
-    async with await ws_connect(d, query, **kwargs) as ws:
-        first = await recv_json(ws)
-        assert first["type"] == "connected", first
-        yield ws, first
 
 
 @contextlib.asynccontextmanager

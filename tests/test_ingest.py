@@ -43,6 +43,9 @@ from tests.support import (
     short_tmpdir,
     ws_connect,
 )
+from tests.support import (
+    private_daemon as daemon,
+)
 
 HELLO_ACKS: dict[str, Any] = {"type": "hello", "name": "test-source", "acks": True}
 PROBE: dict[str, Any] = {"type": "probe.ok"}
@@ -64,14 +67,6 @@ PROMPT = 3.0 * FACTOR
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def daemon(**sections: dict[str, Any]) -> AsyncIterator[Daemon]:
-    """A daemon on a private socket, journal and port (``sections`` as make_config)."""
-    with short_tmpdir() as tmp:
-        async with running_daemon(make_config(tmp, **sections)) as d:
-            yield d
 
 
 @contextlib.asynccontextmanager

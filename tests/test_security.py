@@ -68,6 +68,9 @@ from tests.support import (
     wait_for_line,
     ws_connect,
 )
+from tests.support import (
+    private_daemon as daemon,
+)
 
 HELLO_ACKS: dict[str, Any] = {"type": "hello", "name": "security-test", "acks": True}
 # Promptly: well under the generic deadline, even on a loaded machine.
@@ -169,14 +172,6 @@ def logging_restored() -> Iterator[None]:
             logger.setLevel(level)
             logger.propagate = propagate
             logger.handlers[:] = handlers
-
-
-@contextlib.asynccontextmanager
-async def daemon(**sections: dict[str, Any]) -> AsyncIterator[Daemon]:
-    """A daemon on a private socket, journal and port (``sections`` as make_config)."""
-    with short_tmpdir() as tmp:
-        async with running_daemon(make_config(tmp, **sections)) as d:
-            yield d
 
 
 @contextlib.asynccontextmanager

@@ -36,6 +36,9 @@ from tests.support import (
     short_tmpdir,
     ws_connect,
 )
+from tests.support import (
+    private_daemon as daemon,
+)
 
 TOKEN = "s3cret-Token_value"
 
@@ -95,13 +98,6 @@ async def http(
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def daemon(**sections: dict[str, Any]) -> AsyncIterator[Daemon]:
-    with short_tmpdir() as tmp:
-        async with running_daemon(make_config(tmp, **sections)) as d:
-            yield d
 
 
 @contextlib.asynccontextmanager
