@@ -251,6 +251,15 @@ async def recv_until(
                 return msg
 
 
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill ``proc`` if it still runs, wait for it, and close its stderr pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(TIMEOUT)
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
 def aaeventd_cmd(*args: str) -> list[str]:
     """The command line that runs this checkout's aaeventd in a subprocess."""
     return [sys.executable, "-m", "aaeventd", *args]

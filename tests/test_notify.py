@@ -35,7 +35,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect_sync
 
 from aaeventd.notify import Notifier, ascii_line, listen_fds
-from tests.support import TIMEOUT, aaeventd_cmd, short_tmpdir, subprocess_env
+from tests.support import TIMEOUT, aaeventd_cmd, reap, short_tmpdir, subprocess_env
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -169,11 +169,7 @@ def daemon(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        reap(proc)
 
 
 class Log:

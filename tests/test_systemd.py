@@ -38,7 +38,7 @@ from aaeventd.service import (
     install_service,
     render_units,
 )
-from tests.support import REPO, TIMEOUT, aaeventd_cmd, short_tmpdir, subprocess_env
+from tests.support import REPO, TIMEOUT, aaeventd_cmd, reap, short_tmpdir, subprocess_env
 from tests.test_notify import Log, line_source, write_config, ws_client
 
 SHIPPED = REPO / "systemd"
@@ -399,11 +399,7 @@ def activated_daemon(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        reap(proc)
 
 
 def healthz(port: int) -> dict[str, object]:
@@ -496,11 +492,7 @@ def test_daemon_uses_state_and_runtime_directory_from_systemd() -> None:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(TIMEOUT)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(TIMEOUT)
-            assert proc.stderr is not None
-            proc.stderr.close()
+            reap(proc)
         defaults = parse_config({"websocket": {"port": 0}})
         assert resolve_journal_dir(defaults, env) == state / "journal"
         assert f"journal {state / 'journal'}: " in "".join(seen)
