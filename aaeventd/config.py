@@ -147,6 +147,9 @@ class SourcesConfig(BaseModel):
     # Limits
     max_line_bytes: Annotated[int, Field(ge=64)] = 1_048_576
     max_connections: Annotated[int, Field(ge=1)] = 64
+    # Timeouts
+    #: An unfinished line older than this gets ``line_timeout`` and closes the source.
+    line_timeout_seconds: Seconds = 30.0
 
 
 class WebSocketConfig(BaseModel):
@@ -165,9 +168,15 @@ class WebSocketConfig(BaseModel):
     max_clients: Annotated[int, Field(ge=1)] = 256
     max_message_bytes: Annotated[int, Field(ge=1024)] = 65_536
     slow_client_buffer_bytes: Annotated[int, Field(ge=1024)] = 4_194_304
+    #: All clients' unsent data together; past it the largest backlogs are closed (1013).
+    clients_buffer_budget_bytes: Annotated[int, Field(ge=1024)] = 67_108_864
+    #: Connections still in their opening handshake at once.
+    max_pending_handshakes: Annotated[int, Field(ge=1)] = 64
     # Timeouts; ``None`` disables keepalive pings.
     ping_interval_seconds: Seconds | None = 20.0
     ping_timeout_seconds: Seconds | None = 20.0
+    #: A connection that has not completed its opening handshake by then is closed.
+    handshake_timeout_seconds: Seconds = 10.0
 
 
 class AuthConfig(BaseModel):
@@ -187,6 +196,8 @@ class EventsConfig(BaseModel):
     allow_unknown_types: bool = True
     #: Events kept in memory for ``since=`` replay; ``0``: replay from the journal only.
     replay_buffer: Annotated[int, Field(ge=0)] = 10_000
+    #: The same ring bounded by bytes (its encoded frames): the oldest leave first.
+    replay_buffer_bytes: Annotated[int, Field(ge=0)] = 33_554_432
 
 
 class ConfirmationsConfig(BaseModel):
@@ -197,6 +208,9 @@ class ConfirmationsConfig(BaseModel):
     default_timeout_seconds: Seconds = 60.0
     max_timeout_seconds: Seconds = 3600.0
     max_pause_seconds: Seconds = 600.0
+    # Limits (§3.7): past either, ``too_many_confirmations``.
+    max_pending: Annotated[int, Field(ge=1)] = 100
+    max_pending_per_source: Annotated[int, Field(ge=1)] = 20
 
     @model_validator(mode="after")
     def _default_within_max(self) -> ConfirmationsConfig:
@@ -221,6 +235,8 @@ class JournalConfig(BaseModel):
     #: Files kept, the one being written included.
     max_files: Annotated[int, Field(ge=1)] = 8
     fsync: Literal["always", "interval", "never"] = "interval"
+    #: Oldest files are removed while the file system has less free space than this.
+    keep_free_bytes: Annotated[int, Field(ge=0)] = 268_435_456
 
 
 class LoggingConfig(BaseModel):
