@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from aaeventd.config import (
     with_restart_keys_from,
 )
 from aaeventd.errors import ConfigError, StartupError
+from aaeventd.handshakes import AcceptExhaustion, HandshakeGuard, HandshakeSettings, raise_fd_limit
 from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, Stamped, ToSource
 from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
 from aaeventd.journal import Journal, new_epoch
@@ -43,7 +44,15 @@ from aaeventd.protocol.filters import TypeFilter
 from aaeventd.tokens import load_or_create_token
 from aaeventd.views import DaemonViews
 from aaeventd.web import AccessSettings, HttpFront
-from aaeventd.wsserver import ClientSession, StreamSettings, StreamStart, WsServer
+from aaeventd.wsserver import (
+    REPLAY_PIECE_BYTES,
+    REPLAY_PIECE_EVENTS,
+    ClientSession,
+    ReplayPiece,
+    StreamSettings,
+    StreamStart,
+    WsServer,
+)
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("aaeventd.events")
@@ -58,7 +67,6 @@ class Counters:
     """What ``/metrics`` and ``STATUS=`` report beyond the components' own counters."""
 
     events_in: int = 0
-    journal_errors: int = 0
     last_error: str | None = None
     started_wall: float = field(default_factory=time.time)
 
@@ -94,8 +102,14 @@ class Daemon:
         self._apply_access(config)
         self.front = HttpFront(self.access, DaemonViews(self))
         ws = config.websocket
+        self.handshakes = HandshakeGuard(
+            HandshakeSettings(ws.max_pending_handshakes, ws.handshake_timeout_seconds)
+        )
         self.ws = WsServer(
-            StreamSettings(slow_client_buffer_bytes=ws.slow_client_buffer_bytes),
+            StreamSettings(
+                slow_client_buffer_bytes=ws.slow_client_buffer_bytes,
+                clients_buffer_budget_bytes=ws.clients_buffer_budget_bytes,
+            ),
             self,
             self.front,
             max_message_bytes=ws.max_message_bytes,
@@ -118,7 +132,10 @@ class Daemon:
         Raises:
             StartupError: a socket or the journal cannot be set up.
         """
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        # Out of descriptors in accept(): one line a minute, not a traceback per try.
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(AcceptExhaustion(previous_handler))
         cfg = self.config
         self._open_journal()
         inherited = listen_fds(self.env)
@@ -129,7 +146,12 @@ class Daemon:
                 self.socket_path = self.ingest.path
             ws_sock = inherited.pop("websocket", None)
             try:
-                await self.ws.start(host=cfg.websocket.host, port=cfg.websocket.port, sock=ws_sock)
+                await self.ws.start(
+                    host=cfg.websocket.host,
+                    port=cfg.websocket.port,
+                    sock=ws_sock,
+                    handshakes=self.handshakes,
+                )
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {cfg.websocket.host}:{cfg.websocket.port}: "
@@ -166,6 +188,7 @@ class Daemon:
             pass
         finally:
             await self._shutdown()
+            loop.set_exception_handler(previous_handler)
 
     def _open_journal(self) -> None:
         cfg = self.config.journal
@@ -178,6 +201,7 @@ class Daemon:
             max_file_bytes=cfg.max_file_bytes,
             max_files=cfg.max_files,
             fsync=cfg.fsync,
+            keep_free_bytes=cfg.keep_free_bytes,
         )
         try:
             state = self.journal.open()
@@ -193,8 +217,10 @@ class Daemon:
         self.notifier.stopping()
         await self.ingest.stop_accepting()
         self._execute(self.hub.shutdown(time.time(), self._now()))
-        await self.ingest.close()
-        await self.ws.close()
+        # Both bounded (ws.close aborts clients that do not read their close frame);
+        # together, so the stop takes the longer of the two, not the sum (§5: < 5 s).
+        await asyncio.gather(self.ingest.close(), self.ws.close())
+        self.handshakes.close()
         if self.journal is not None:
             self.journal.close()
         self.notifier.close()
@@ -235,6 +261,9 @@ class Daemon:
         while True:
             await asyncio.sleep(JOURNAL_SYNC_INTERVAL)
             journal = self.journal
+            if journal is not None:
+                # Free space (keep_free_bytes), a deleted file: at most once a second.
+                journal.tick()
             if journal is not None and journal.fsync == "interval":
                 try:
                     fd = journal.dirty_fd()
@@ -242,7 +271,7 @@ class Daemon:
                         # Off the event loop: a slow disk must not stall the clients.
                         await asyncio.to_thread(_fsync_and_close, fd)
                 except OSError as exc:
-                    self._journal_failed(exc)
+                    journal.sync_failed(exc)
             status = self._status_line()
             if status != self._status_text:
                 self._status_text = status
@@ -259,6 +288,10 @@ class Daemon:
             f"{len(self.ws.sessions)} clients, {len(self.ingest.sources)} sources, "
             f"{self.counters.events_in} events, seq {self.hub.last_seq}"
         )
+        journal = self.journal
+        if journal is not None and not journal.ok:
+            health = journal.health
+            text += f"; journal failing: {health.error}, {health.unjournaled} events not journaled"
         if self.counters.last_error:
             text += f"; last error: {self.counters.last_error}"
         return text
@@ -311,11 +344,16 @@ class Daemon:
             setattr(settings, name, getattr(fresh, name))
         self._apply_access(new)
         self.ws.settings.slow_client_buffer_bytes = new.websocket.slow_client_buffer_bytes
+        self.ws.settings.clients_buffer_budget_bytes = new.websocket.clients_buffer_budget_bytes
         self.ws.set_max_message_bytes(new.websocket.max_message_bytes)
+        self.handshakes.settings.max_pending = new.websocket.max_pending_handshakes
+        self.handshakes.settings.timeout = new.websocket.handshake_timeout_seconds
+        self.handshakes.settings_changed()
         if self.journal is not None:
             self.journal.max_file_bytes = new.journal.max_file_bytes
             self.journal.max_files = new.journal.max_files
             self.journal.fsync = new.journal.fsync
+            self.journal.keep_free_bytes = new.journal.keep_free_bytes
         self._wakeup.set()
 
     def _apply_access(self, cfg: Config) -> None:
@@ -360,8 +398,8 @@ class Daemon:
             return
         self._batch = []
         stamped = [b.stamped for b in batch]
-        if self.journal is not None:
-            self._journal_append(stamped)
+        # The first seq of this batch that is not in the journal (§4.1), if any.
+        unjournaled = self._journal_append(stamped) if self.journal is not None else None
         delivered = self.ws.fan_out(stamped)
         sources = self.ingest.sources
         log_info = events_log.isEnabledFor(logging.INFO)
@@ -378,25 +416,23 @@ class Daemon:
                     }
                     if item.ack_extra:
                         ack.update(item.ack_extra)
+                    if unjournaled is not None and item.stamped.seq >= unjournaled:
+                        ack["journaled"] = False
                     source.reply(ack)
         self.counters.events_in += len(batch)
 
-    def _journal_append(self, stamped: list[Stamped]) -> None:
-        assert self.journal is not None
-        parts: list[bytes | memoryview] = []
-        for s in stamped:
-            parts.append(s.payload)
-            parts.append(b"\n")
-        try:
-            self.journal.append(b"".join(parts), stamped[0].seq)
-        except OSError as exc:
-            # Availability over durability: live clients still get the events.
-            self._journal_failed(exc)
+    def _journal_append(self, stamped: list[Stamped]) -> int | None:
+        """Journal the batch; the first seq that could not be written, or None.
 
-    def _journal_failed(self, exc: OSError) -> None:
-        self.counters.journal_errors += 1
-        self.counters.last_error = f"journal: {exc.strerror or exc}"
-        log.error("journal write failed: %s", exc)
+        Availability over durability (§4.1): live clients get the events either way;
+        the journal logs and counts the failure and retries with the next batch.
+        """
+        assert self.journal is not None
+        written = self.journal.append(stamped)
+        if written == len(stamped):
+            return None
+        self.counters.last_error = f"journal: {self.journal.health.error}"
+        return stamped[written].seq
 
     def _log_event(self, stamped: Stamped, source: SourceConnection | None, delivered: int) -> None:
         event = stamped.event
@@ -454,39 +490,47 @@ class Daemon:
         self, session: ClientSession, since: int | None, epoch: str | None
     ) -> StreamStart:
         hub = self.hub
-        start = StreamStart(head=[ws_text_frame(encode_json(hub.connected(self._now())))])
+        start = StreamStart(head=[ws_text_frame(hub.connected_payload(self._now()))])
         if since is None:
             return start
         if epoch is not None and epoch != hub.epoch:
             start.head.append(_control_frame(_gap("epoch_changed", None, None)))
             return start
-        replay = hub.replay_since(since)
-        matches = session.filter.matches
-        start.tail = [s.frame for s in replay.events if matches(s.type)]
-        if replay.gap is not None:
-            if self.journal is None:
-                start.head.append(_control_frame(_gap("evicted", *replay.gap)))
-            else:
-                start.backfill = replay.gap
+        if since < hub.last_seq:
+            start.replay = (since, hub.last_seq)
         return start
+
+    def replay_piece(self, after: int, upto: int, type_filter: TypeFilter) -> ReplayPiece:
+        """From the ring; what left it comes from the journal, or is a ``replay_gap``."""
+        piece = self.hub.replay_piece(
+            after,
+            upto,
+            None if type_filter.matches_all else type_filter.matches,
+            max_bytes=REPLAY_PIECE_BYTES,
+            max_scan=REPLAY_PIECE_EVENTS,
+        )
+        if piece.gap is None:
+            return ReplayPiece(piece.last, piece.frames)
+        if self.journal is None:
+            return ReplayPiece(piece.last, [_control_frame(_gap("evicted", *piece.gap))])
+        return ReplayPiece(piece.last, backfill=piece.gap)
 
     async def backfill(
         self, seqs: tuple[int, int], type_filter: TypeFilter
     ) -> AsyncGenerator[tuple[bytes, int], None]:
         """Read ``seqs`` from the journal off the event loop, in chunks of frames.
 
-        What the journal no longer has is announced first by a ``replay_gap``.
+        Every seq of the range the journal lacks is announced where it falls by a
+        ``replay_gap`` (§2.3): ``evicted`` before the oldest journal file,
+        ``not_journaled`` after it (a write failed, §4.1) or where this run knows one did.
         """
         first, last = seqs
-        assert self.journal is not None
-        lines = self.journal.read_since(first - 1)
-        found: int | None = None
+        journal = self.journal
+        assert journal is not None
+        holes = _Holes(first, journal.unjournaled_ranges(first, last), journal.oldest_seq)
+        lines = journal.read_since(first - 1)
         while True:
-            chunk = await asyncio.to_thread(_journal_chunk, lines, last, type_filter)
-            if found is None:
-                found = chunk.first if chunk.first is not None else last + 1
-                if found > first:
-                    yield _control_frame(_gap("evicted", first, found - 1)), 1
+            chunk = await asyncio.to_thread(_journal_chunk, lines, last, type_filter, holes)
             if chunk.frames:
                 yield b"".join(chunk.frames), len(chunk.frames)
             if chunk.done:
@@ -532,28 +576,93 @@ class _Chunk:
 BACKFILL_CHUNK = 2000
 
 
+@dataclass
+class _Holes:
+    """A journal backfill's progress through its seq range, to announce what is missing.
+
+    ``expected``: the next seq due; ``known``: this run's unjournaled ranges in the
+    range; ``oldest``: the seq the oldest journal file starts at (what lies before it
+    was evicted), asked only when there is a hole (it lists the directory).
+    """
+
+    expected: int
+    known: list[tuple[int, int]]
+    oldest: Callable[[], int | None]
+    _floor: int | None = None
+    _floor_read: bool = False
+
+    def gaps(self, upto: int) -> list[bytes]:
+        """``replay_gap`` frames for ``expected..upto``, none of which the journal holds."""
+        start, self.expected = self.expected, upto + 1
+        spans: list[tuple[str, int, int]] = []
+        pos = start
+        for a, b in self.known:
+            if b < pos or a > upto:
+                continue
+            if a > pos:
+                spans.extend(self._by_floor(pos, a - 1))
+            spans.append(("not_journaled", max(a, pos), min(b, upto)))
+            pos = min(b, upto) + 1
+        if pos <= upto:
+            spans.extend(self._by_floor(pos, upto))
+        merged: list[tuple[str, int, int]] = []
+        for reason, a, b in spans:
+            if merged and merged[-1][0] == reason and merged[-1][2] + 1 == a:
+                merged[-1] = (reason, merged[-1][1], b)
+            else:
+                merged.append((reason, a, b))
+        return [_control_frame(_gap(reason, a, b)) for reason, a, b in merged]
+
+    def _by_floor(self, a: int, b: int) -> list[tuple[str, int, int]]:
+        if not self._floor_read:
+            self._floor, self._floor_read = self.oldest(), True
+        floor = self._floor if self._floor is not None else b + 1
+        spans = []
+        if a < floor:
+            spans.append(("evicted", a, min(b, floor - 1)))
+        if b >= floor:
+            spans.append(("not_journaled", max(a, floor), b))
+        return spans
+
+
 def _journal_chunk(
-    lines: Iterator[tuple[int, bytes]], last: int, type_filter: TypeFilter
+    lines: Iterator[tuple[int, bytes]],
+    last: int,
+    type_filter: TypeFilter,
+    holes: _Holes | None = None,
 ) -> _Chunk:
     """Up to BACKFILL_CHUNK journal lines with seq <= last, as frames (runs in a thread).
 
     A line is parsed only when the client filters by type; the seq comes from the
-    journal's own cheap lookup.
+    journal's own cheap lookup.  A chunk stops at about REPLAY_PIECE_BYTES of frames:
+    it is what a client that does not read holds (§2.3).  With ``holes``, the seqs the
+    journal lacks come as ``replay_gap`` frames where they fall, and a line whose seq
+    was already passed is never sent twice.
     """
     frames: list[bytes] = []
+    size = 0
     first: int | None = None
     everything = type_filter.matches_all
     for _ in range(BACKFILL_CHUNK):
         item = next(lines, None)
-        if item is None:
+        if item is None or item[0] > last:
+            if holes is not None and holes.expected <= last:
+                frames.extend(holes.gaps(last))
             return _Chunk(frames, first, True)
         seq, line = item
-        if seq > last:
-            return _Chunk(frames, first, True)
+        if holes is not None:
+            if seq < holes.expected:
+                continue
+            if seq > holes.expected:
+                frames.extend(holes.gaps(seq - 1))
+            holes.expected = seq + 1
         if first is None:
             first = seq
         if everything or type_filter.matches(str(json.loads(line).get("type"))):
             frames.append(ws_text_frame(bytes(line)))
+            size += len(frames[-1])
+            if size >= REPLAY_PIECE_BYTES:
+                break
     return _Chunk(frames, first, False)
 
 
@@ -586,8 +695,11 @@ def _loggable(value: Any) -> Any:
 def _hub_limits(cfg: Config) -> HubLimits:
     return HubLimits(
         replay_buffer=cfg.events.replay_buffer,
+        replay_buffer_bytes=cfg.events.replay_buffer_bytes,
         default_timeout_seconds=cfg.confirmations.default_timeout_seconds,
         max_pause_seconds=cfg.confirmations.max_pause_seconds,
+        max_pending=cfg.confirmations.max_pending,
+        max_pending_per_source=cfg.confirmations.max_pending_per_source,
     )
 
 
@@ -598,12 +710,14 @@ def _ingest_settings(cfg: Config) -> IngestSettings:
         allowed_uids=frozenset(cfg.sources.allowed_uids),
         allow_unknown_types=cfg.events.allow_unknown_types,
         max_timeout_seconds=cfg.confirmations.max_timeout_seconds,
+        line_timeout_seconds=cfg.sources.line_timeout_seconds,
     )
 
 
 async def serve(config: Config, *, config_path: str | None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
     configure_logging(config.logging.level, config.logging.format)
+    raise_fd_limit()  # PROTOCOL §2.4: every client and pending handshake is a descriptor
     daemon = Daemon(config, config_path=config_path)
     try:
         await daemon.run(install_signals=True)

@@ -10,20 +10,27 @@ microseconds.
 A peer's mistake (a duplicate confirmation id, an answer to an unknown
 confirmation) raises :class:`~aaeventd.protocol.errors.ProtocolError`; the caller
 turns it into an error reply.
+
+What sources send cannot make this state unbounded: pending confirmations are
+counted against §3.7's bounds, the ``connected`` frame is built within 1 MiB (§2.1,
+:meth:`Hub.connected_payload`) and event types label metrics only up to a bound (§6,
+:meth:`HubStats.count_type`).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aaeventd import SERVER_NAME, __version__
 from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
-from aaeventd.protocol.events import ConfirmationResponse, normalize_confirmation
+from aaeventd.protocol.events import KNOWN_TYPES, ConfirmationResponse, normalize_confirmation
 from aaeventd.protocol.skills import find_skill, skill_key
 
 # Running skills (PROTOCOL §2.1): bounded by count and by idleness.
@@ -32,6 +39,30 @@ SKILL_IDLE_SECONDS = 3600.0
 
 _SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
 _STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
+
+# The connected frame (§2.1) is at most this many bytes of JSON, whatever sources sent.
+CONNECTED_MAX_BYTES = 1 << 20
+# Text a source chose, copied into a snapshot entry, is cut to the first of these
+# lengths (in characters) for which the whole frame fits: 4096 keeps every
+# confirmation text whole (§3.7 bounds them so) and bounds skill names, which nothing
+# else bounds.  With the default confirmations.max_pending the last one always fits,
+# even when every character is escaped to six bytes (tests/test_hub.py checks it).
+SNAPSHOT_CUTS = (4096, 2048, 1024, 512, 256, 128, 64, 32, 16)
+# The last character of a cut string.
+CUT_MARK = "\u2026"
+# The snapshot fields whose text may be cut.  `id` and `options` never are: a client
+# answers with them; §3.7 and the id's own bound keep them small.
+_SKILL_TEXT = ("skill_id", "skill_name", "session_id", "current_step_name")
+_CONFIRMATION_TEXT = frozenset(
+    {"skill_id", "skill_name", "step_name", "prompt", "message", "claude_suggestion"}
+)
+
+# /metrics labels event types (§6): these by name, at most MAX_OTHER_TYPE_LABELS
+# others by name (first come), the rest (and a type literally named "other") as "other".
+KNOWN_TYPE_LABELS = KNOWN_TYPES | {"confirmation_answered", "confirmation_expired"}
+MAX_OTHER_TYPE_LABELS = 100
+OTHER_TYPE_LABEL = "other"
+
 # Fields copied from confirmation_required into the connected snapshot.
 _CONFIRMATION_INFO = (
     "skill_id",
@@ -100,9 +131,52 @@ class ToSource:
 Effect = Broadcast | ToSource
 
 
+def cut_text(value: Any, limit: int) -> Any:
+    """``value`` cut to ``limit`` characters, the last one :data:`CUT_MARK`, if longer.
+
+    Anything but a string is returned as is.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + CUT_MARK
+    return value
+
+
+@dataclass(slots=True)
+class _Encodings:
+    """One snapshot entry's JSON per cut length: every size kept, the latest bytes.
+
+    The frame is assembled from these, so a ``connected`` costs a join, not an encode
+    of everything; only an entry that changed (or a cut length not tried before) is
+    encoded again.
+    """
+
+    sizes: dict[int, int] = field(default_factory=dict)
+    cut: int = 0
+    data: bytes = b""
+
+    def get(self, cut: int, build: Callable[[int], dict[str, Any]]) -> bytes:
+        if self.cut != cut:
+            self.data = encode_json(build(cut))
+            self.cut = cut
+            self.sizes[cut] = len(self.data)
+        return self.data
+
+    def size(self, cut: int, build: Callable[[int], dict[str, Any]]) -> int:
+        size = self.sizes.get(cut)
+        return size if size is not None else len(self.get(cut, build))
+
+    def clear(self) -> None:
+        self.sizes.clear()
+        self.cut = 0
+        self.data = b""
+
+
 @dataclass(slots=True)
 class RunningSkill:
-    """One entry of ``running_skills`` in the ``connected`` frame."""
+    """One entry of ``running_skills`` in the ``connected`` frame.
+
+    Call :meth:`changed` after changing a field the snapshot shows.
+    """
 
     key: str
     skill_id: str | None
@@ -114,9 +188,11 @@ class RunningSkill:
     started_at: str
     last_event: float
     status: str = "running"
+    encodings: _Encodings = field(default_factory=_Encodings, repr=False, compare=False)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
+    def snapshot(self, cut: int | None = None) -> dict[str, Any]:
+        """The entry, its source-chosen text cut to ``cut`` characters (None: whole)."""
+        entry = {
             "skill_id": self.skill_id,
             "skill_name": self.skill_name,
             "session_id": self.session_id,
@@ -126,6 +202,13 @@ class RunningSkill:
             "status": self.status,
             "started_at": self.started_at,
         }
+        if cut is not None:
+            for name in _SKILL_TEXT:
+                entry[name] = cut_text(entry[name], cut)
+        return entry
+
+    def changed(self) -> None:
+        self.encodings.clear()
 
 
 @dataclass(slots=True)
@@ -141,6 +224,24 @@ class Pending:
     info: dict[str, Any]
     paused_remaining: float | None = None
     pause_ends: float | None = None
+    encodings: _Encodings = field(default_factory=_Encodings, repr=False, compare=False)
+
+    def static_entry(self, cut: int | None = None) -> dict[str, Any]:
+        """The snapshot entry but for its countdown, text cut to ``cut`` (None: whole)."""
+        entry = {"id": self.id, **self.info}
+        if cut is not None:
+            for name in _CONFIRMATION_TEXT:
+                entry[name] = cut_text(entry[name], cut)
+        return entry
+
+    def countdown(self, now: float) -> bytes:
+        """The end of its snapshot entry: the fields that change with time."""
+        paused = self.paused_remaining is not None
+        return (
+            b',"remaining_seconds":'
+            + encode_json(round(self.remaining(now), 3))
+            + (b',"paused":true}' if paused else b',"paused":false}')
+        )
 
     def remaining(self, now: float) -> float:
         if self.paused_remaining is not None:
@@ -154,11 +255,35 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Kept:
+    """What the replay ring keeps of an event: its frame, not the parsed dict (whose
+    strings would double the memory the ring's byte bound counts)."""
+
+    seq: int
+    type: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     """What a client that connected with ``since`` gets before live events."""
 
     gap: tuple[int, int] | None
-    events: list[Stamped]
+    events: list[Kept]
+
+
+@dataclass(frozen=True, slots=True)
+class RingPiece:
+    """One piece of a replay read from the ring (:meth:`Hub.replay_piece`).
+
+    ``gap``: a range no longer in the ring (nothing else then); ``frames``: the
+    matching frames; ``last``: the last seq this piece covers (the next piece starts
+    after it).
+    """
+
+    gap: tuple[int, int] | None
+    frames: list[bytes]
+    last: int
 
 
 @dataclass(slots=True)
@@ -166,8 +291,11 @@ class HubLimits:
     """The hub's live-reloadable settings (from ``events`` and ``confirmations``)."""
 
     replay_buffer: int = 10_000
+    replay_buffer_bytes: int = 32 << 20
     default_timeout_seconds: float = 60.0
     max_pause_seconds: float = 600.0
+    max_pending: int = 100
+    max_pending_per_source: int = 20
 
 
 @dataclass(slots=True)
@@ -176,7 +304,29 @@ class HubStats:
     confirmations_answered: int = 0
     confirmations_expired: int = 0
     last_seq_at_start: int = 0
+    # Events out by type label: bounded (see count_type).
     by_type: dict[str, int] = field(default_factory=dict)
+    other_type_labels: int = 0
+    # Snapshot entries left out of a connected frame that would not fit even with
+    # text cut to the shortest length (only with a raised confirmations.max_pending).
+    snapshot_entries_left_out: int = 0
+
+    def count_type(self, event_type: str) -> None:
+        """Count one event under its label: one dict lookup for a type seen before."""
+        by_type = self.by_type
+        count = by_type.get(event_type)
+        if count is None:
+            event_type = self._new_label(event_type)
+            count = by_type.get(event_type, 0)
+        by_type[event_type] = count + 1
+
+    def _new_label(self, event_type: str) -> str:
+        if event_type in KNOWN_TYPE_LABELS:
+            return event_type
+        if event_type != OTHER_TYPE_LABEL and self.other_type_labels < MAX_OTHER_TYPE_LABELS:
+            self.other_type_labels += 1
+            return event_type
+        return OTHER_TYPE_LABEL
 
 
 class Hub:
@@ -186,9 +336,13 @@ class Hub:
         self.epoch = epoch
         self.last_seq = last_seq
         self.limits = limits or HubLimits()
-        self._ring: deque[Stamped] = deque(maxlen=self.limits.replay_buffer)
+        # Bounded by count and by frame bytes (§2.3): see _trim_ring.
+        self._ring: deque[Kept] = deque()
+        self._ring_bytes = 0
         self._skills: OrderedDict[str, RunningSkill] = OrderedDict()
         self._pending: dict[str, Pending] = {}
+        # Pending confirmations per source (§3.7), so the bound costs no scan.
+        self._pending_by_source: dict[SourceId, int] = {}
         self.stats = HubStats(last_seq_at_start=last_seq)
 
     # -- settings ------------------------------------------------------------------
@@ -196,8 +350,15 @@ class Hub:
     def set_limits(self, limits: HubLimits) -> None:
         """Apply reloaded settings; a smaller ring keeps its newest events."""
         self.limits = limits
-        if self._ring.maxlen != limits.replay_buffer:
-            self._ring = deque(self._ring, maxlen=limits.replay_buffer)
+        self._trim_ring()
+
+    def _trim_ring(self) -> None:
+        """Evict the oldest events until the ring is within both of its bounds."""
+        ring = self._ring
+        max_events = self.limits.replay_buffer
+        max_bytes = self.limits.replay_buffer_bytes
+        while ring and (len(ring) > max_events or self._ring_bytes > max_bytes):
+            self._ring_bytes -= len(ring.popleft().frame)
 
     # -- events ----------------------------------------------------------------------
 
@@ -214,9 +375,11 @@ class Hub:
         stamped = Stamped.build(seq, event_type, event)
         # Committed only once encoded: a failure above never leaves a hole in the seqs.
         self.last_seq = seq
-        self._ring.append(stamped)
+        self._ring.append(Kept(seq, event_type, stamped.frame))
+        self._ring_bytes += len(stamped.frame)
+        self._trim_ring()
         self.stats.events_out += 1
-        self.stats.by_type[event_type] = self.stats.by_type.get(event_type, 0) + 1
+        self.stats.count_type(event_type)
         self._track(event_type, event, wall, now)
         return stamped
 
@@ -233,7 +396,8 @@ class Hub:
         """Take a validated event from a source and return what to do with it.
 
         Raises:
-            ProtocolError: ``duplicate_confirmation`` for an id still pending.
+            ProtocolError: ``duplicate_confirmation`` for an id still pending,
+                ``too_many_confirmations`` past a bound of §3.7 (nothing stamped).
         """
         if event_type == "confirmation_required":
             return [self._open_confirmation(event, source=source, wall=wall, now=now)]
@@ -251,9 +415,51 @@ class Hub:
             return Replay(None, [ring[i] for i in range(start, len(ring))])
         return Replay((since + 1, first - 1), list(ring))
 
+    def replay_piece(
+        self,
+        after: int,
+        upto: int,
+        accept: Callable[[str], bool] | None,
+        *,
+        max_bytes: int,
+        max_scan: int,
+    ) -> RingPiece:
+        """The next piece of a replay of ``after < seq <= upto`` from the ring.
+
+        A client's replay is read from the ring a piece at a time, at the pace the
+        client reads, so it pins no frames while it waits (the ring may move on in
+        the meantime: what left it comes back as ``gap``, to be read from the journal).
+        ``accept`` filters by type (``None``: every event).  A piece holds at most
+        ``max_scan`` events looked at and about ``max_bytes`` of frames (at least one).
+        """
+        if after >= upto:
+            return RingPiece(None, [], upto)
+        ring = self._ring
+        first = ring[0].seq if ring else self.last_seq + 1
+        if after + 1 < first:
+            end = min(first - 1, upto)
+            return RingPiece((after + 1, end), [], end)
+        frames: list[bytes] = []
+        size = 0
+        last = after
+        # Seqs in the ring are consecutive, so ``after`` gives the index directly.
+        for kept in itertools.islice(ring, after + 1 - first, after + 1 - first + max_scan):
+            if kept.seq > upto or (frames and size >= max_bytes):
+                break
+            last = kept.seq
+            if accept is None or accept(kept.type):
+                frames.append(kept.frame)
+                size += len(kept.frame)
+        return RingPiece(None, frames, last)
+
     @property
     def oldest_in_ring(self) -> int | None:
         return self._ring[0].seq if self._ring else None
+
+    @property
+    def ring_bytes(self) -> int:
+        """The bytes of frames the replay ring holds."""
+        return self._ring_bytes
 
     # -- running skills (§2.1) -------------------------------------------------------
 
@@ -273,9 +479,12 @@ class Hub:
         skill.last_event = now
         if event_type == "step_started":
             skill.current_step = event.get("step_index")
-            skill.current_step_name = event.get("step_name")
+            # Shown only, never matched: keep no more than a snapshot can show.
+            skill.current_step_name = cut_text(event.get("step_name"), SNAPSHOT_CUTS[0])
+            skill.changed()
         if "total_steps" in event:
             skill.total_steps = event["total_steps"]
+            skill.changed()
 
     def _skill_started(self, event: dict[str, Any], wall: float, now: float) -> None:
         key = skill_key(event)
@@ -302,11 +511,14 @@ class Hub:
         return find_skill(self._skills.values(), event)
 
     def running_skills(self, now: float) -> list[dict[str, Any]]:
-        """The snapshot list, after dropping skills idle for more than an hour."""
+        """The snapshot list (text whole), after dropping skills idle for an hour."""
+        self._drop_idle_skills(now)
+        return [s.snapshot() for s in self._skills.values()]
+
+    def _drop_idle_skills(self, now: float) -> None:
         stale = [k for k, s in self._skills.items() if now - s.last_event > SKILL_IDLE_SECONDS]
         for key in stale:
             del self._skills[key]
-        return [s.snapshot() for s in self._skills.values()]
 
     # -- confirmations (§3) ----------------------------------------------------------
 
@@ -320,6 +532,7 @@ class Hub:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_CONFIRMATION, f"confirmation {cid!r} is still pending"
             )
+        self._check_room(source)
         normalized = normalize_confirmation(
             event, default_timeout_seconds=self.limits.default_timeout_seconds
         )
@@ -334,9 +547,49 @@ class Hub:
             default=normalized.get("default"),
             timeout=timeout,
             deadline=now + timeout,
-            info={k: normalized.get(k) for k in _CONFIRMATION_INFO},
+            # No snapshot shows more of a text than SNAPSHOT_CUTS[0] characters, so
+            # that is all a pending confirmation keeps (the event had it whole).
+            info={
+                k: cut_text(normalized.get(k), SNAPSHOT_CUTS[0])
+                if k in _CONFIRMATION_TEXT
+                else normalized.get(k)
+                for k in _CONFIRMATION_INFO
+            },
         )
+        if source is not None:
+            self._pending_by_source[source] = self._pending_by_source.get(source, 0) + 1
         return Broadcast(stamped, source=source, ack_to=source, ack_extra={"id": cid})
+
+    def _check_room(self, source: SourceId | None) -> None:
+        """Refuse one more confirmation past either bound of §3.7.
+
+        A bound lowered by a reload leaves those already pending alone.
+        """
+        limits = self.limits
+        if len(self._pending) >= limits.max_pending:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CONFIRMATIONS,
+                f"{len(self._pending)} confirmations are pending "
+                f"(confirmations.max_pending={limits.max_pending}); not broadcast",
+            )
+        mine = self._pending_by_source.get(source, 0) if source is not None else 0
+        if mine >= limits.max_pending_per_source:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CONFIRMATIONS,
+                f"{mine} confirmations of this source are pending "
+                f"(confirmations.max_pending_per_source={limits.max_pending_per_source}); "
+                "not broadcast",
+            )
+
+    def _forget(self, pending: Pending) -> None:
+        del self._pending[pending.id]
+        source = pending.source
+        if source is not None:
+            left = self._pending_by_source[source] - 1
+            if left:
+                self._pending_by_source[source] = left
+            else:
+                del self._pending_by_source[source]
 
     def answer(
         self,
@@ -363,7 +616,7 @@ class Hub:
                 ErrorCode.INVALID_RESPONSE,
                 f"response {msg.response!r} is not one of {list(pending.options)}",
             )
-        del self._pending[msg.id]
+        self._forget(pending)
         self.stats.confirmations_answered += 1
         effects: list[Effect] = []
         if pending.source is not None:
@@ -431,6 +684,7 @@ class Hub:
     def source_gone(self, source: SourceId, wall: float, now: float) -> list[Effect]:
         """Expire the confirmations of a source that disconnected (nobody to tell)."""
         effects: list[Effect] = []
+        self._pending_by_source.pop(source, None)
         for pending in [p for p in self._pending.values() if p.source == source]:
             pending.source = None
             effects.extend(self._expire(pending, "source_gone", wall, now))
@@ -444,10 +698,10 @@ class Hub:
         return effects
 
     def pending_for(self, source: SourceId) -> int:
-        return sum(1 for p in self._pending.values() if p.source == source)
+        return self._pending_by_source.get(source, 0)
 
     def _expire(self, pending: Pending, reason: str, wall: float, now: float) -> list[Effect]:
-        del self._pending[pending.id]
+        self._forget(pending)
         self.stats.confirmations_expired += 1
         message: dict[str, Any] = {
             "type": "confirmation_expired",
@@ -481,16 +735,85 @@ class Hub:
     # -- snapshot --------------------------------------------------------------------
 
     def connected(self, now: float) -> dict[str, Any]:
-        """The first frame every client gets (§2.1)."""
-        return {
-            "type": "connected",
-            "server": SERVER_NAME,
-            "version": __version__,
-            "epoch": self.epoch,
-            "seq": self.last_seq,
-            "running_skills": self.running_skills(now),
-            "pending_confirmations": self.pending_confirmations(now),
-        }
+        """The first frame every client gets (§2.1), decoded: see :meth:`connected_payload`."""
+        snapshot: dict[str, Any] = json.loads(self.connected_payload(now))
+        return snapshot
+
+    def connected_payload(self, now: float) -> bytes:
+        """The JSON text of the ``connected`` frame: at most :data:`CONNECTED_MAX_BYTES`.
+
+        Text a source chose (:data:`_SKILL_TEXT`, :data:`_CONFIRMATION_TEXT`) is cut to
+        the first length of :data:`SNAPSHOT_CUTS` for which the whole frame fits, the
+        same length for every entry.  Should even the shortest not fit (only possible
+        with ``confirmations.max_pending`` raised well past its default), running
+        skills are left out, oldest first, then confirmations, newest first.
+        Entries are encoded once per cut length and kept, so a call costs a join.
+        """
+        self._drop_idle_skills(now)
+        head = encode_json(
+            {
+                "type": "connected",
+                "server": SERVER_NAME,
+                "version": __version__,
+                "epoch": self.epoch,
+                "seq": self.last_seq,
+            }
+        )[:-1]
+        skills = list(self._skills.values())
+        pending = list(self._pending.values())
+        tails = [p.countdown(now) for p in pending]
+        # Everything but the entries' cuttable parts; a pending entry is its static
+        # JSON without the closing brace, then its countdown tail (which has one).
+        fixed = (
+            len(head)
+            + len(_SKILLS_OPEN)
+            + len(_PENDING_OPEN)
+            + len(_SNAPSHOT_CLOSE)
+            + max(len(skills) - 1, 0)
+            + max(len(pending) - 1, 0)
+            + sum(len(t) - 1 for t in tails)
+        )
+        for cut in SNAPSHOT_CUTS:
+            total = (
+                fixed
+                + sum(s.encodings.size(cut, s.snapshot) for s in skills)
+                + sum(p.encodings.size(cut, p.static_entry) for p in pending)
+            )
+            if total <= CONNECTED_MAX_BYTES:
+                break
+        else:
+            left_out = 0
+            while total > CONNECTED_MAX_BYTES and skills:
+                oldest = skills.pop(0)
+                # Its size and the comma that separated it (none when it was alone).
+                total -= oldest.encodings.size(cut, oldest.snapshot) + (1 if skills else 0)
+                left_out += 1
+            while total > CONNECTED_MAX_BYTES and pending:
+                newest = pending.pop()
+                total -= newest.encodings.size(cut, newest.static_entry) - 1 + len(tails.pop())
+                total -= 1 if pending else 0
+                left_out += 1
+            self.stats.snapshot_entries_left_out += left_out
+        payload = b"".join(
+            (
+                head,
+                _SKILLS_OPEN,
+                b",".join(s.encodings.get(cut, s.snapshot) for s in skills),
+                _PENDING_OPEN,
+                b",".join(
+                    p.encodings.get(cut, p.static_entry)[:-1] + tail
+                    for p, tail in zip(pending, tails, strict=True)
+                ),
+                _SNAPSHOT_CLOSE,
+            )
+        )
+        assert len(payload) <= CONNECTED_MAX_BYTES, len(payload)
+        return payload
+
+
+_SKILLS_OPEN = b',"running_skills":['
+_PENDING_OPEN = b'],"pending_confirmations":['
+_SNAPSHOT_CLOSE = b"]}"
 
 
 def _str_or_none(value: Any) -> str | None:

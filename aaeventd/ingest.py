@@ -51,6 +51,8 @@ class IngestSettings:
     allowed_uids: frozenset[int] = frozenset()
     allow_unknown_types: bool = True
     max_timeout_seconds: float = 3600.0
+    # A line in progress keeps the value in force when it started (like max_line_bytes).
+    line_timeout_seconds: float = 30.0
 
 
 class EventSink(Protocol):
@@ -94,6 +96,13 @@ class SourceConnection(asyncio.Protocol):
         self._framer = LineFramer(server.settings.max_line_bytes)
         self._greeted = False
         self._closed = False
+        # One timer per source while a line is unfinished (PROTOCOL §1, line_timeout).
+        # It is armed when a partial line starts after an idle stretch; a line starting
+        # while it is armed only moves the deadline (no timer churn per line or byte),
+        # and the timer re-arms itself for the moved deadline when it fires early.
+        self._line_timer: asyncio.TimerHandle | None = None
+        self._line_deadline = 0.0
+        self._line_timeout = 0.0
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
             log, {"source": self.id}
         )
@@ -136,15 +145,64 @@ class SourceConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._framer.max_line_bytes = self.server.settings.max_line_bytes
+        framer = self._framer
+        framer.max_line_bytes = self.server.settings.max_line_bytes
+        lines_before = framer.lines_seen
         try:
-            self._process(self._framer.feed(data))
+            self._process(framer.feed(data))
         except Exception:
             # Our bug, not the peer's: drop this one connection, keep serving the rest.
             self.log.exception("internal error while handling a source; closing it")
             self._close()
+            return
+        if framer.pending:
+            if self._line_timer is None or framer.lines_seen != lines_before:
+                self._line_started()
+        elif self._line_timer is not None:
+            self._line_timer.cancel()
+            self._line_timer = None
+
+    def _line_started(self) -> None:
+        """A partial line began with this chunk: its deadline starts now."""
+        loop = asyncio.get_running_loop()
+        self._line_timeout = self.server.settings.line_timeout_seconds
+        self._line_deadline = loop.time() + self._line_timeout
+        if self._line_timer is None:
+            self._line_timer = loop.call_at(self._line_deadline, self._line_timer_fired)
+
+    def _line_timer_fired(self) -> None:
+        self._line_timer = None
+        if self._closed or not self._framer.pending:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._line_deadline:
+            # Armed for an earlier line; the unfinished one started later.
+            self._line_timer = loop.call_at(self._line_deadline, self._line_timer_fired)
+            return
+        number = self._framer.lines_seen + 1
+        code = ErrorCode.LINE_TIMEOUT
+        self.errors += 1
+        self.server.rejected[code] = self.server.rejected.get(code, 0) + 1
+        self.log.warning(
+            "line %d unfinished after %g s (line_timeout_seconds): closing the source",
+            number,
+            self._line_timeout,
+        )
+        transport = self.transport
+        # A source that does not read its replies will not read this one either: its
+        # slot is what matters, so do not wait for a backlog to drain.
+        stuck = transport is not None and transport.get_write_buffer_size() > 0
+        self._send_error(
+            code,
+            f"line {number} unfinished after {self._line_timeout:g} s; closing the connection",
+            None,
+        )
+        self._close()
+        if stuck and transport is not None:
+            transport.abort()
 
     def eof_received(self) -> bool:
+        self._cancel_line_timer()
         if not self._closed:
             self._process(self._framer.eof())
         self.half_closed = True
@@ -165,6 +223,7 @@ class SourceConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._cancel_line_timer()
         if self.server.sources.pop(self.id, None) is not None:
             self.log.info(
                 "source disconnected: %d events, %d errors, %d replies dropped",
@@ -282,8 +341,14 @@ class SourceConnection(asyncio.Protocol):
             reply["details"] = details
         self.reply(reply)
 
+    def _cancel_line_timer(self) -> None:
+        if self._line_timer is not None:
+            self._line_timer.cancel()
+            self._line_timer = None
+
     def _close(self) -> None:
         self._closed = True
+        self._cancel_line_timer()
         if self.transport is not None:
             self.transport.close()
 

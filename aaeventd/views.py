@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aaeventd import SERVER_NAME, __version__
+from aaeventd.journal import JournalHealth
 from aaeventd.metrics import Metric, render_metrics
 from aaeventd.protocol.codec import rfc3339_utc
 
@@ -29,8 +30,9 @@ class DaemonViews:
         return len(self._d.ws.sessions)
 
     def health(self) -> dict[str, Any]:
+        journal = self.journal_health()
         return {
-            "status": "ok",
+            "status": "ok" if journal["ok"] else "degraded",
             "server": SERVER_NAME,
             "version": __version__,
             "uptime_seconds": round(time.time() - self._d.counters.started_wall, 3),
@@ -42,8 +44,22 @@ class DaemonViews:
             "running_skills": len(self._d.hub.running_skills(self._d.now())),
             "port": self._d.ws.port,
             "socket_path": str(self._d.socket_path) if self._d.socket_path else None,
-            "journal": str(self._d.journal.directory) if self._d.journal else None,
+            "journal": journal,
             "last_error": self._d.counters.last_error,
+        }
+
+    def journal_health(self) -> dict[str, Any]:
+        """``/healthz``'s ``journal`` object (§4.1); ok with no journal configured."""
+        journal = self._d.journal
+        if journal is None:
+            return {"ok": True, "error": None, "since": None, "unjournaled": 0, "directory": None}
+        health = journal.health
+        return {
+            "ok": health.ok,
+            "error": health.error,
+            "since": rfc3339_utc(health.since) if health.since is not None else None,
+            "unjournaled": health.unjournaled,
+            "directory": str(journal.directory),
         }
 
     def clients_view(self) -> dict[str, Any]:
@@ -57,7 +73,7 @@ class DaemonViews:
                 "filter": list(s.filter.globs),
                 "connected_since": rfc3339_utc(wall - (now - s.connected_at)),
                 "frames_sent": s.frames_sent,
-                "backlog_bytes": s.backlog,
+                "backlog_bytes": s.unsent,
             }
             for s in self._d.ws.sessions.values()
         ]
@@ -83,6 +99,7 @@ class DaemonViews:
 
     def metric_samples(self) -> list[Metric]:
         hub, ingest, ws = self._d.hub, self._d.ingest, self._d.ws
+        journal = self._d.journal.health if self._d.journal else JournalHealth()
         return [
             Metric(
                 "events_in_total",
@@ -93,7 +110,9 @@ class DaemonViews:
             Metric(
                 "events_out_total",
                 "counter",
-                "Events broadcast, by type.",
+                "Events broadcast, by type (known types by name, at most 100 others, "
+                "the rest as other).",
+                # Bounded where counted (HubStats.count_type): a scrape stays small.
                 labelled={(("type", t),): n for t, n in hub.stats.by_type.items()},
             ),
             Metric(
@@ -132,6 +151,19 @@ class DaemonViews:
                 value=ws.slow_closes,
             ),
             Metric(
+                "clients_unsent_bytes",
+                "gauge",
+                "Bytes all clients have not read yet, as of the last fan-out "
+                "(bounded by websocket.clients_buffer_budget_bytes).",
+                value=ws.unsent_bytes,
+            ),
+            Metric(
+                "replay_ring_bytes",
+                "gauge",
+                "Bytes of frames in the replay ring (bounded by events.replay_buffer_bytes).",
+                value=hub.ring_bytes,
+            ),
+            Metric(
                 "client_messages_total",
                 "counter",
                 "Messages received from clients.",
@@ -156,6 +188,12 @@ class DaemonViews:
                 value=hub.stats.confirmations_expired,
             ),
             Metric(
+                "snapshot_entries_left_out_total",
+                "counter",
+                "Entries left out of connected frames to keep them within 1 MiB.",
+                value=hub.stats.snapshot_entries_left_out,
+            ),
+            Metric(
                 "journal_bytes_total",
                 "counter",
                 "Bytes appended to the journal.",
@@ -164,8 +202,32 @@ class DaemonViews:
             Metric(
                 "journal_errors_total",
                 "counter",
-                "Journal writes that failed.",
-                value=self._d.counters.journal_errors,
+                "Journal writes (and fsyncs) that failed.",
+                value=journal.failed_writes,
+            ),
+            Metric(
+                "journal_ok",
+                "gauge",
+                "1 while the journal is written, 0 while it fails (PROTOCOL 4.1).",
+                value=int(journal.ok),
+            ),
+            Metric(
+                "journal_unjournaled_events_total",
+                "counter",
+                "Events broadcast but not written to the journal.",
+                value=journal.unjournaled,
+            ),
+            Metric(
+                "journal_skipped_lines_total",
+                "counter",
+                "Unreadable journal lines skipped by replays.",
+                value=journal.skipped_lines,
+            ),
+            Metric(
+                "journal_files_removed_total",
+                "counter",
+                "Journal files removed to keep journal.keep_free_bytes free.",
+                value=journal.files_removed_for_space,
             ),
             Metric("seq", "gauge", "The last seq broadcast.", value=hub.last_seq),
             Metric(

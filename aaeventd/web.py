@@ -25,7 +25,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from aaeventd.peers import tcp_peer_uid
+from aaeventd.handshakes import LogThrottle
+from aaeventd.peers import OwnerUnknown, PeerOwners
 
 log = logging.getLogger(__name__)
 
@@ -132,26 +133,28 @@ class HttpFront:
         self.settings = settings
         self.status = status
         self.refused: dict[int, int] = {}
-        self._peer_check_unavailable_logged = False
+        self.owners = PeerOwners()
+        # An owner that cannot be determined (out of descriptors) comes in floods.
+        self._owner_unknown_log = LogThrottle()
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         settings = self.settings
         path = urlsplit(request.path).path
-        refusal = (
-            self._check_peer(connection)
-            or _check_single_headers(request)
-            or self._check_access(request, path)
-        )
+        refusal = self._check_peer(connection)
+        # The owner check logs its own 503s (rate-limited): they come in floods.
+        logged = refusal is not None and refusal[0] == http.HTTPStatus.SERVICE_UNAVAILABLE
+        refusal = refusal or _check_single_headers(request) or self._check_access(request, path)
         if refusal is not None:
             status, text = refusal
             self.refused[status] = self.refused.get(status, 0) + 1
-            log.warning(
-                "refused %s %s from %s: %s",
-                "upgrade" if is_upgrade(request) else "GET",
-                path,
-                _peer(connection),
-                text,
-            )
+            if not logged:
+                log.warning(
+                    "refused %s %s from %s: %s",
+                    "upgrade" if is_upgrade(request) else "GET",
+                    path,
+                    _peer(connection),
+                    text,
+                )
             return _text(status, text + "\n")
         if is_upgrade(request):
             if path not in WS_PATHS:
@@ -174,19 +177,32 @@ class HttpFront:
         return self._route(path)
 
     def _check_peer(self, connection: ServerConnection) -> tuple[int, str] | None:
-        """On loopback, only our own user's processes (and ``allowed_uids``) get in."""
+        """On loopback, only our own user's processes (and ``allowed_uids``) get in.
+
+        Fails closed (PROTOCOL §2.4): an owner that cannot be determined is a 503,
+        logged at most once a minute with the count; one no process holds is a 403.
+        """
         settings = self.settings
         if settings.allow_remote:
             return None  # remote hosts: the token guards the door
         try:
-            uid = tcp_peer_uid(connection.remote_address, connection.local_address)
+            uid = self.owners.uid(connection.remote_address, connection.local_address)
         except LookupError:
             return http.HTTPStatus.FORBIDDEN, "the connection's owner could not be found"
-        if uid is None:
-            if not self._peer_check_unavailable_logged:
-                self._peer_check_unavailable_logged = True
-                log.warning("no /proc/net/tcp here: clients' uids cannot be checked")
-            return None
+        except OwnerUnknown as exc:
+            count = self._owner_unknown_log.hit(connection.loop.time())
+            if count is not None:
+                log.warning(
+                    "refusing requests (503): the connection's owner cannot be determined:"
+                    " %s (%d refused since the last report, %d in all)",
+                    exc,
+                    count,
+                    self._owner_unknown_log.total,
+                )
+            return (
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                "the connection's owner cannot be determined now; try again",
+            )
         if uid in settings.allowed_uids:
             return None
         return http.HTTPStatus.FORBIDDEN, f"uid {uid} may not connect (not the daemon's user)"

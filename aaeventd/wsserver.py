@@ -3,7 +3,11 @@
 Owns: ``websockets.asyncio.server.serve`` wiring, one :class:`ClientSession` per
 connection (filter, counters, backlog), the fan-out of already-encoded frames, client
 messages (``heartbeat``, ``subscribe``; the rest goes to the :class:`ClientSink`), and
-the slow-consumer close.
+the slow-consumer close, and the memory budgets of §2.3: each client holds at most
+``slow_client_buffer_bytes`` unsent (a replay included: it is written a piece at a
+time, as the client reads), and all clients together at most
+``clients_buffer_budget_bytes`` (past it, the largest backlogs are closed as slow
+consumers).
 
 The fan-out is the hot path.  A server frame is unmasked, so without compression it
 is the same bytes for every client: each event is framed once (by the hub) and the
@@ -30,6 +34,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from aaeventd.handshakes import HandshakeGuard
 from aaeventd.hub import Stamped
 from aaeventd.protocol.codec import decode_client_message, encode_json, ws_text_frame
 from aaeventd.protocol.errors import ProtocolError
@@ -42,6 +47,18 @@ log = logging.getLogger(__name__)
 # Close code and reason for a client that does not keep up (§2.3).
 SLOW_CLOSE_CODE = 1013
 SLOW_CLOSE_REASON = "slow consumer"
+
+# At stop, clients get this long to complete the closing handshake (read what is
+# buffered and the 1001 close frame); then their connections are aborted, so a client
+# that never reads cannot hold the stop past PROTOCOL §5's 5 seconds.
+SHUTDOWN_GRACE = 2.0
+# After the grace, how long the aborted connections' handlers get to finish.
+SHUTDOWN_ABORT_WAIT = 1.0
+# A replay is written in pieces of about this many bytes (or this many events looked
+# at), each after the client has read the one before (drain): a client that asked for
+# a replay and does not read holds one piece, not the replay.
+REPLAY_PIECE_BYTES = 64 << 10
+REPLAY_PIECE_EVENTS = 2000
 
 
 # The client token (PROTOCOL §2.4) is never logged, but websockets' debug log shows the
@@ -75,6 +92,7 @@ class StreamSettings:
     """Live-reloadable settings of the send path."""
 
     slow_client_buffer_bytes: int = 4 << 20
+    clients_buffer_budget_bytes: int = 64 << 20
     close_timeout: float = 10.0
 
 
@@ -82,13 +100,23 @@ class StreamSettings:
 class StreamStart:
     """What a new client gets before live events, in this order.
 
-    ``head`` (``connected``, maybe a ``replay_gap``), then the events of ``backfill``
-    (a seq range read from the journal), then ``tail`` (replayed from memory).
+    ``head`` (``connected``, maybe a ``replay_gap``), then, when ``replay`` is
+    ``(after, upto)``, the events ``after < seq <= upto`` (read a piece at a time with
+    :meth:`ClientSink.replay_piece`); live events after ``upto`` wait until then.
     """
 
     head: list[bytes]
+    replay: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class ReplayPiece:
+    """The next piece of a replay: ``frames`` to write, or a seq range ``backfill``
+    to read from the journal; either way the replay goes on after ``last``."""
+
+    last: int
+    frames: list[bytes] = field(default_factory=list)
     backfill: tuple[int, int] | None = None
-    tail: list[bytes] = field(default_factory=list)
 
 
 class ClientSink(Protocol):
@@ -98,6 +126,9 @@ class ClientSink(Protocol):
         self, session: ClientSession, since: int | None, epoch: str | None
     ) -> StreamStart:
         """The snapshot and replay plan for a new client."""
+
+    def replay_piece(self, after: int, upto: int, type_filter: TypeFilter) -> ReplayPiece:
+        """The next piece of the replay ``after < seq <= upto``, from memory."""
 
     def backfill(
         self, seqs: tuple[int, int], type_filter: TypeFilter
@@ -121,6 +152,7 @@ class ClientSession:
         "closing",
         "conn",
         "connected_at",
+        "counted",
         "filter",
         "frames_sent",
         "held",
@@ -153,6 +185,8 @@ class ClientSession:
         # While a replay is read from the journal, live frames wait here (bounded).
         self.held: list[tuple[bytes, int]] | None = None
         self.held_bytes = 0
+        # This client's share of WsServer.unsent_bytes, as of its last fan-out.
+        self.counted = 0
         self.user_agent: str | None = (
             conn.request.headers.get("User-Agent") if conn.request else None
         )
@@ -168,6 +202,12 @@ class ClientSession:
         """Bytes written to this client that the kernel has not taken yet."""
         return self.transport.get_write_buffer_size()
 
+    @property
+    def unsent(self) -> int:
+        """What this client holds in the daemon: the bytes written to it that the kernel
+        has not taken yet, and the live frames held back during its replay."""
+        return self.transport.get_write_buffer_size() + self.held_bytes
+
     def send(self, data: bytes, frames: int) -> bool:
         """Queue already-framed events; close as a slow consumer past the limit.
 
@@ -177,8 +217,9 @@ class ClientSession:
             return False
         limit = self.settings.slow_client_buffer_bytes
         if self.held is not None:
+            # During a replay the piece being written counts too (§2.3).
             self.held_bytes += len(data)
-            if self.held_bytes > limit:
+            if self.held_bytes + self.transport.get_write_buffer_size() > limit:
                 self.close_slow()
                 return False
             self.held.append((data, frames))
@@ -194,7 +235,11 @@ class ClientSession:
         return True
 
     def write_now(self, data: bytes, frames: int) -> None:
-        """Write replay frames ahead of anything held (no slow-consumer check)."""
+        """Write the head or a replay piece ahead of anything held.
+
+        No slow-consumer check: the caller writes one bounded piece at a time and
+        waits for the client to read it (:meth:`WsServer._replay`).
+        """
         if data and not self.closing and self.conn.protocol.state is State.OPEN:
             self.transport.write(data)
             self.frames_sent += frames
@@ -216,21 +261,40 @@ class ClientSession:
         self.transport.write(ws_text_frame(encode_json(message)))
         self.frames_sent += 1
 
-    def close_slow(self) -> None:
-        """Close with 1013 after what is already buffered; abort if the peer never reads."""
+    def close_slow(self, *, over_budget: int | None = None) -> None:
+        """Close with 1013 after what is already buffered; abort if the peer never reads.
+
+        ``over_budget``: the total of all clients' unsent bytes, when that (rather than
+        this client's own limit) is the reason.
+        """
         if self.closing:
             return
         self.closing = True
         self._on_slow()
-        self.log.warning(
-            "closing slow consumer (%d bytes unsent > %d)",
-            self.backlog,
-            self.settings.slow_client_buffer_bytes,
-        )
+        if over_budget is None:
+            self.log.warning(
+                "closing slow consumer (%d bytes unsent > %d)",
+                self.unsent,
+                self.settings.slow_client_buffer_bytes,
+            )
+        else:
+            self.log.warning(
+                "closing slow consumer (%d bytes unsent; all clients %d > budget %d)",
+                self.unsent,
+                over_budget,
+                self.settings.clients_buffer_budget_bytes,
+            )
         self.conn.protocol.send_close(SLOW_CLOSE_CODE, SLOW_CLOSE_REASON)
         self.conn.send_data()
         loop = asyncio.get_running_loop()
         self._abort = loop.call_later(self.settings.close_timeout, self.transport.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now: its buffered bytes are freed at once."""
+        self.closing = True  # a replay in progress stops at its next piece
+        self.cancel_timers()
+        self.held, self.held_bytes = None, 0
+        self.transport.abort()
 
     def cancel_timers(self) -> None:
         if self._abort is not None:
@@ -278,6 +342,9 @@ class WsServer:
         self.front = front
         self.sessions: dict[str, ClientSession] = {}
         self.slow_closes = 0
+        # All clients' unsent bytes, kept up to date by the fan-out from each client's
+        # ``counted`` share (§2.3's global budget); the kernel only ever makes it smaller.
+        self.unsent_bytes = 0
         self.messages_in = 0
         self._ids = itertools.count(1)
         self.max_message_bytes = max_message_bytes
@@ -295,14 +362,29 @@ class WsServer:
         raise RuntimeError("the WebSocket server has no TCP socket")  # pragma: no cover
 
     async def start(
-        self, *, host: str | None = None, port: int | None = None, sock: socket.socket | None = None
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        sock: socket.socket | None = None,
+        handshakes: HandshakeGuard | None = None,
     ) -> None:
+        """Listen; ``handshakes`` bounds the connections still in their opening handshake.
+
+        With a guard, it also owns the handshake timeout (live-reloadable), so
+        websockets' own ``open_timeout`` (same span: request, ``process_request``,
+        response) is off; without one, websockets' default applies.
+        """
         kwargs: dict[str, Any] = (
             {"sock": sock} if sock is not None else {"host": host, "port": port}
         )
+        connection = _bounded_connection(self.settings)
+        if handshakes is not None:
+            connection = handshakes.track(connection)
+            kwargs["open_timeout"] = None
         self._server = await serve(
             self._handler,
-            create_connection=_bounded_connection(self.settings),
+            create_connection=connection,
             process_request=self.front,
             compression=None,  # frames are shared bytes: no per-client deflate
             max_size=self.max_message_bytes,
@@ -327,12 +409,19 @@ class WsServer:
     # -- fan-out (hot path) ------------------------------------------------------
 
     def fan_out(self, batch: Sequence[Stamped]) -> list[int]:
-        """Hand each event to every client whose filter matches; count deliveries."""
+        """Hand each event to every client whose filter matches; count deliveries.
+
+        The global budget is checked after each client's write, on a running total
+        that each write updates by that client's change (no scan unless over budget),
+        so one batch to many clients cannot overshoot it by more than one client's write.
+        """
         delivered = [0] * len(batch)
         if not self.sessions:
             return delivered
         everything: bytes | None = None
         to_all = 0
+        total = self.unsent_bytes
+        budget = self.settings.clients_buffer_budget_bytes
         for session in list(self.sessions.values()):
             type_filter = session.filter
             if type_filter.matches_all:
@@ -342,17 +431,68 @@ class WsServer:
                     )
                 if session.send(everything, len(batch)):
                     to_all += 1
-                continue
-            matched = [i for i, s in enumerate(batch) if type_filter.matches(s.type)]
-            if not matched:
-                continue
-            data = b"".join(batch[i].frame for i in matched)
-            if session.send(data, len(matched)):
-                for i in matched:
-                    delivered[i] += 1
+            else:
+                matched = [i for i, s in enumerate(batch) if type_filter.matches(s.type)]
+                if matched:
+                    data = b"".join(batch[i].frame for i in matched)
+                    if session.send(data, len(matched)):
+                        for i in matched:
+                            delivered[i] += 1
+            unsent = session.transport.get_write_buffer_size() + session.held_bytes
+            total += unsent - session.counted
+            session.counted = unsent
+            if total > budget:
+                total = self._enforce_budget()
         if to_all:
             delivered = [d + to_all for d in delivered]
+        self.unsent_bytes = total
         return delivered
+
+    def _enforce_budget(self) -> int:
+        """Bring all clients' unsent bytes back under the budget; the new total.
+
+        The running total may count bytes the kernel has taken since, so it is summed
+        again first.  Clients already closing go first, largest first: their close
+        frame waits behind data they are not reading, and aborting frees their buffer
+        at once.  Then the open clients with the largest backlogs are closed 1013 after
+        what they have buffered until the others fit.  They may still read it and their
+        close frame, but they stay in the total: the next write while over budget
+        aborts them.  Runs only when over budget.
+        """
+        budget = self.settings.clients_buffer_budget_bytes
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.counted = session.unsent
+        total = sum(s.counted for s in sessions)
+        over = total
+        open_: list[ClientSession] = []
+        closing: list[ClientSession] = []
+        for session in sessions:
+            is_open = not session.closing and session.conn.protocol.state is State.OPEN
+            (open_ if is_open else closing).append(session)
+        for session in sorted(closing, key=lambda s: s.counted, reverse=True):
+            if total <= budget or not session.counted:
+                break
+            session.log.info(
+                "aborting closing client: %d bytes unsent, all clients over budget",
+                session.counted,
+            )
+            session.abort()
+            total -= session.counted
+            session.counted = 0
+        shed = 0
+        for session in sorted(open_, key=lambda s: s.counted, reverse=True):
+            if total - shed <= budget:
+                break
+            session.close_slow(over_budget=over)
+            shed += session.counted
+        return total
+
+    def _forget(self, session: ClientSession) -> None:
+        """Take a finished client out of the sessions and the running total."""
+        if self.sessions.pop(session.id, None) is not None:
+            self.unsent_bytes -= session.counted
+            session.counted = 0
 
     # -- connections -------------------------------------------------------------
 
@@ -381,10 +521,8 @@ class WsServer:
         # event loop, so no live event can fall between them or arrive twice.
         start = self.sink.open_stream(session, since, epoch)
         session.write_now(b"".join(start.head), len(start.head))
-        if start.backfill is None:
-            session.write_now(b"".join(start.tail), len(start.tail))
-        else:
-            session.held = []
+        if start.replay is not None:
+            session.held = []  # live events wait until the replay is written
         self.sessions[session.id] = session
         session.log.info(
             "client connected from %s (%s), types=%s since=%s",
@@ -394,37 +532,61 @@ class WsServer:
             since,
         )
         try:
-            if start.backfill is not None:
-                await self._replay(session, start)
+            if start.replay is not None:
+                await self._replay(session, start.replay)
             async for message in conn:
                 self.messages_in += 1
                 self._on_message(session, message)
         except ConnectionClosed:
             pass
         finally:
-            self.sessions.pop(session.id, None)
+            self._forget(session)
             session.cancel_timers()
             session.log.info(
                 "client disconnected (%s), %d frames sent", conn.close_code, session.frames_sent
             )
             self.sink.client_closed(session)
 
-    async def _replay(self, session: ClientSession, start: StreamStart) -> None:
-        """Journal backfill at the pace the client reads, then memory, then live."""
-        assert start.backfill is not None
-        chunks = self.sink.backfill(start.backfill, session.filter)
-        async with contextlib.aclosing(chunks):
-            async for chunk, count in chunks:
-                if session.closing:
-                    return
-                session.write_now(chunk, count)
-                try:
-                    # Flow control: wait while the transport is over its high-water mark.
-                    await session.conn.drain()
-                except OSError:
-                    return  # the connection is gone; the handler's loop sees it closed
-        session.write_now(b"".join(start.tail), len(start.tail))
+    async def _replay(self, session: ClientSession, seqs: tuple[int, int]) -> None:
+        """The replay at the pace the client reads, from memory or the journal; then live.
+
+        Each piece is read when the one before has been taken by the client, so a
+        client that does not read pins one piece, and events that leave the ring
+        meanwhile come from the journal (or a ``replay_gap`` without one).
+        """
+        after, upto = seqs
+        while after < upto:
+            piece = self.sink.replay_piece(after, upto, session.filter)
+            if piece.backfill is not None:
+                chunks = self.sink.backfill(piece.backfill, session.filter)
+                async with contextlib.aclosing(chunks):
+                    async for chunk, count in chunks:
+                        if not await self._write_paced(session, chunk, count):
+                            return
+            elif piece.frames and not await self._write_paced(
+                session, b"".join(piece.frames), len(piece.frames)
+            ):
+                return
+            after = piece.last
         session.release()
+
+    @staticmethod
+    async def _write_paced(session: ClientSession, data: bytes, frames: int) -> bool:
+        """Write one replay piece and wait until the client has read most of it.
+
+        Returns whether the replay goes on (the client is neither closing nor gone).
+        """
+        if session.closing:
+            return False
+        session.write_now(data, frames)
+        try:
+            # Flow control: wait while the transport is over its high-water mark; and
+            # yield either way, so a long replay to a fast reader shares the loop.
+            await session.conn.drain()
+            await asyncio.sleep(0)
+        except OSError:
+            return False  # the connection is gone; the handler's loop sees it closed
+        return not session.closing
 
     def _on_message(self, session: ClientSession, data: str | bytes) -> None:
         try:
@@ -441,9 +603,29 @@ class WsServer:
             session.send_control({"type": "error", "code": str(exc.code), "message": exc.message})
 
     async def close(self) -> None:
-        """Close every client with 1001 (going away) and stop listening."""
-        if self._server is None:
+        """Close every client with 1001 (going away) and stop listening, in bounded time.
+
+        Clients get :data:`SHUTDOWN_GRACE` seconds to read what is buffered and the
+        close frame; the connections of those that do not are then aborted (§5: the
+        whole stop takes under 5 s, whatever clients do).
+        """
+        server = self._server
+        if server is None:
             return
-        self._server.close(close_connections=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), self.settings.close_timeout + 1)
+        server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
+            return
+        except TimeoutError:
+            pass
+        stuck = set(server.all_connections)
+        stuck.update(s.conn for s in self.sessions.values())
+        for conn in stuck:
+            conn.transport.abort()
+        log.warning(
+            "aborted %d client connections that did not close within %.0f s",
+            len(stuck),
+            SHUTDOWN_GRACE,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_ABORT_WAIT)

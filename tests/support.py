@@ -341,3 +341,11 @@ def stderr_lines(proc: subprocess.Popen[str]) -> StderrLines:
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = TIMEOUT) -> str:
     """The next stderr line of ``proc`` containing ``needle`` (fails on a deadline)."""
     return stderr_lines(proc).wait_for(needle, timeout)
+
+
+def proc_status_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process from ``/proc/PID/status`` (``VmRSS``, ``VmHWM``: peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

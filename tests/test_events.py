@@ -16,6 +16,10 @@ from hypothesis import strategies as st
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import (
     KNOWN_TYPES,
+    MAX_CONFIRMATION_ID_CHARS,
+    MAX_CONFIRMATION_TEXT_CHARS,
+    MAX_OPTION_CHARS,
+    MAX_OPTIONS,
     REMEMBER_VALUES,
     RESERVED_TYPES,
     ConfirmationResponse,
@@ -145,6 +149,9 @@ def test_one_of_skill_id_or_skill_name_required(event_type: str) -> None:
         ("tools_list_changed", "tools", "a,b"),
         ("tools_list_changed", "tools", ["a", 1]),
         ("confirmation_required", "step_index", "0"),
+        ("confirmation_required", "claude_suggestion", {"why": 1}),
+        ("step_started", "step_index", 2**53),
+        ("skill_started", "total_steps", 10**300),
     ],
 )
 def test_strict_types_are_not_coerced(event_type: str, field: str, value: Any) -> None:
@@ -167,7 +174,8 @@ def test_strict_types_are_not_coerced(event_type: str, field: str, value: Any) -
         ("persona_changed", "previous", None),
         ("tools_list_changed", "count", "3"),
         ("tools_list_changed", "tools", []),
-        ("confirmation_required", "claude_suggestion", {"why": 1}),
+        ("confirmation_required", "claude_suggestion", "Yes: all checks passed."),
+        ("step_started", "step_index", 2**53 - 1),
     ],
 )
 def test_valid_optional_values(event_type: str, field: str, value: Any) -> None:
@@ -335,6 +343,38 @@ def test_confirmation_timeout_max_comes_from_argument() -> None:
             "msg": "Input should be less than or equal to 99.5 (confirmations.max_timeout_seconds)",
         }
     ]
+
+
+def test_confirmation_bounds_are_inclusive_and_named() -> None:
+    """§3.7: texts of 4,096 characters, 16 options of 64 and a 256-character id pass;
+    one more character or option is invalid_event with details naming the field."""
+    assert (MAX_CONFIRMATION_TEXT_CHARS, MAX_OPTIONS, MAX_OPTION_CHARS) == (4096, 16, 64)
+    text = "\u00e9" * MAX_CONFIRMATION_TEXT_CHARS  # characters, not bytes: 8,192 bytes
+    widest = {
+        "type": "confirmation_required",
+        "prompt": text,
+        "message": text,
+        "claude_suggestion": text,
+        "options": [f"{i:02d}" + "o" * (MAX_OPTION_CHARS - 2) for i in range(MAX_OPTIONS)],
+        "id": "i" * MAX_CONFIRMATION_ID_CHARS,
+    }
+    assert validate_event(widest) == "confirmation_required"
+    cases: list[tuple[str, Any, list[str | int], str]] = [
+        ("prompt", text + "x", ["prompt"], "at most 4096 characters"),
+        ("message", text + "x", ["message"], "at most 4096 characters"),
+        ("claude_suggestion", text + "x", ["claude_suggestion"], "at most 4096 characters"),
+        ("options", [*widest["options"], "one more"], ["options"], "at most 16 items"),
+        ("options", ["yes", "n" * 65], ["options", 1], "at most 64 characters"),
+        ("id", "i" * 257, ["id"], "at most 256 characters"),
+    ]
+    for name, value, loc, msg in cases:
+        error = invalid({**widest, name: value})
+        assert error.code is ErrorCode.INVALID_EVENT
+        assert error.details is not None
+        [detail] = error.details
+        assert detail["loc"] == loc, (name, detail)
+        assert msg in detail["msg"], (name, detail)
+        assert error.message.startswith(f"confirmation_required: {'.'.join(map(str, loc))}: ")
 
 
 def test_details_shape_and_message() -> None:

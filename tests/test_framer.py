@@ -213,3 +213,20 @@ def test_any_split_matches_one_piece_and_reference(
 
     assert split == whole
     assert whole == reference(stream, limit)
+
+
+def test_pending_is_true_while_a_line_is_unfinished() -> None:
+    """``pending`` (what line_timeout watches): a held partial line, or one being discarded."""
+    framer = LineFramer(8)
+    assert not framer.pending
+    framer.feed(b'{"a"')
+    assert framer.pending
+    framer.feed(b":1}\n")
+    assert not framer.pending
+    framer.feed(b"x" * 20)  # over the limit: reported, and discarded up to its newline
+    assert framer.pending
+    assert framer.buffered == 0
+    framer.feed(b"yyy\n{")
+    assert framer.pending
+    framer.eof()
+    assert not framer.pending

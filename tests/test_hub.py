@@ -8,7 +8,21 @@ from typing import Any
 
 import pytest
 
-from aaeventd.hub import MAX_RUNNING_SKILLS, SKILL_IDLE_SECONDS, Broadcast, Hub, HubLimits, ToSource
+from aaeventd import __version__
+from aaeventd.hub import (
+    CONNECTED_MAX_BYTES,
+    CUT_MARK,
+    KNOWN_TYPE_LABELS,
+    MAX_OTHER_TYPE_LABELS,
+    MAX_RUNNING_SKILLS,
+    OTHER_TYPE_LABEL,
+    SKILL_IDLE_SECONDS,
+    SNAPSHOT_CUTS,
+    Broadcast,
+    Hub,
+    HubLimits,
+    ToSource,
+)
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import ConfirmationResponse
 
@@ -358,7 +372,7 @@ def test_connected_snapshot_lists_pending_with_remaining_seconds() -> None:
     cid = confirm(hub, timeout_seconds=60, now=10, skill_name="start_work", step_index=2)
     snap = hub.connected(27.5)
     assert snap["type"] == "connected"
-    assert (snap["epoch"], snap["seq"], snap["version"]) == ("ep", 4, "0.1.0")
+    assert (snap["epoch"], snap["seq"], snap["version"]) == ("ep", 4, __version__)
     [pending] = snap["pending_confirmations"]
     assert pending["id"] == cid
     assert pending["remaining_seconds"] == 42.5
@@ -373,3 +387,311 @@ def test_any_event_naming_a_skill_keeps_it_alive() -> None:
     accept(hub, {"type": "heal_started", "skill_id": "s1"}, now=SKILL_IDLE_SECONDS - 1)
     assert [s["skill_id"] for s in hub.running_skills(SKILL_IDLE_SECONDS + 1)] == ["s1"]
     assert hub.running_skills(2 * SKILL_IDLE_SECONDS) == []
+
+
+# -- the replay ring's byte bound (§2.3) ----------------------------------------------
+
+
+def padded(n: int, size: int) -> dict[str, Any]:
+    return {"type": "x", "n": n, "pad": "p" * size}
+
+
+def test_ring_is_bounded_by_frame_bytes_oldest_first() -> None:
+    """replay_buffer_bytes evicts the oldest events even when the count bound has room;
+    replay_since then names the evicted range as a gap."""
+    hub = Hub(epoch="e", limits=HubLimits(replay_buffer=1000, replay_buffer_bytes=10_000))
+    for n in range(20):
+        accept(hub, padded(n, 1000))
+    frame = len(hub.replay_since(19).events[0].frame)
+    assert 1000 < frame < 1100
+    kept = 10_000 // frame
+    assert hub.ring_bytes <= 10_000, f"the ring holds {hub.ring_bytes} bytes > 10000"
+    assert hub.ring_bytes == kept * frame
+    assert hub.oldest_in_ring == 20 - kept + 1
+    replay = hub.replay_since(0)
+    assert replay.gap == (1, 20 - kept)
+    assert [k.seq for k in replay.events] == list(range(20 - kept + 1, 21))
+
+
+def test_reload_to_fewer_ring_bytes_keeps_the_newest() -> None:
+    """A reload to a smaller replay_buffer_bytes applies at once; the newest stay."""
+    hub = Hub(epoch="e", limits=HubLimits(replay_buffer=1000))
+    for n in range(20):
+        accept(hub, padded(n, 1000))
+    assert hub.oldest_in_ring == 1
+    hub.set_limits(HubLimits(replay_buffer=1000, replay_buffer_bytes=3000))
+    assert hub.oldest_in_ring == 19
+    assert hub.ring_bytes <= 3000, f"the ring holds {hub.ring_bytes} bytes > 3000"
+    hub.set_limits(HubLimits(replay_buffer=1000, replay_buffer_bytes=0))
+    assert (hub.oldest_in_ring, hub.ring_bytes) == (None, 0)
+    assert hub.replay_since(10).gap == (11, 20)
+
+
+def test_ring_keeps_frames_not_the_parsed_events() -> None:
+    """The ring holds each event's frame only, so its bytes bound is its memory."""
+    hub = Hub(epoch="e")
+    accept(hub, padded(0, 10))
+    kept = hub.replay_since(0).events[0]
+    assert not hasattr(kept, "event")
+    assert json.loads(kept.frame[2:]) == {
+        "type": "x",
+        "n": 0,
+        "pad": "p" * 10,
+        "seq": 1,
+        "timestamp": "2026-02-04T10:30:00.123Z",
+    }
+
+
+def test_replay_piece_walks_the_ring_in_bounded_pieces() -> None:
+    """replay_piece returns at most max_bytes (at least one frame) or max_scan events,
+    filtered, and a gap for what left the ring, so a replay can go on after eviction."""
+    hub = Hub(epoch="e", limits=HubLimits(replay_buffer=8))
+    for n in range(12):
+        accept(hub, {"type": "a" if n % 2 else "b", "n": n})
+    # seq 5..12 are in the ring; 1..4 left it.
+    assert hub.replay_piece(0, 12, None, max_bytes=1 << 20, max_scan=100).gap == (1, 4)
+    assert hub.replay_piece(0, 3, None, max_bytes=1 << 20, max_scan=100).gap == (1, 3)
+    frame = min(len(k.frame) for k in hub.replay_since(4).events)
+    pieces, after = [], 4
+    while after < 12:
+        piece = hub.replay_piece(after, 12, None, max_bytes=2 * frame, max_scan=100)
+        assert piece.gap is None
+        pieces.append([json.loads(f[2:])["seq"] for f in piece.frames])
+        after = piece.last
+    assert pieces == [[5, 6], [7, 8], [9, 10], [11, 12]]
+    only_a = hub.replay_piece(4, 10, lambda t: t == "a", max_bytes=1 << 20, max_scan=3)
+    assert (only_a.last, [json.loads(f[2:])["seq"] for f in only_a.frames]) == (7, [6])
+    huge = hub.replay_piece(4, 12, None, max_bytes=1, max_scan=100)
+    assert (huge.last, len(huge.frames)) == (5, 1)
+    assert hub.replay_piece(12, 12, None, max_bytes=1, max_scan=100).frames == []
+
+
+# -- bounds (§3.7, §2.1, §6) ------------------------------------------------------------
+
+
+def confirm_from(hub: Hub, source: int, now: float = 0.0, **fields: Any) -> str:
+    event = {"type": "confirmation_required", "message": "Go?", **fields}
+    b = only_broadcast(accept(hub, event, source=source, now=now))
+    assert b.ack_extra is not None
+    return str(b.ack_extra["id"])
+
+
+def refused(hub: Hub, source: int) -> ProtocolError:
+    seq, ring_end = hub.last_seq, hub.replay_since(0).events[-1:]
+    with pytest.raises(ProtocolError) as info:
+        confirm_from(hub, source)
+    # Nothing broadcast: no seq consumed, nothing new in the ring.
+    assert hub.last_seq == seq
+    assert hub.replay_since(0).events[-1:] == ring_end
+    assert info.value.code is ErrorCode.TOO_MANY_CONFIRMATIONS
+    return info.value
+
+
+def test_pending_confirmations_bounded_per_source_and_in_total() -> None:
+    """Past max_pending_per_source or max_pending the line is too_many_confirmations,
+    nothing is stamped, and room comes back as confirmations end."""
+    hub = Hub(epoch="e", limits=HubLimits(max_pending=5, max_pending_per_source=2))
+    first = confirm_from(hub, 1)
+    confirm_from(hub, 1, timeout_seconds=1)
+    assert "max_pending_per_source=2" in refused(hub, 1).message
+    confirm_from(hub, 2)
+    confirm_from(hub, 2)
+    confirm_from(hub, 3)
+    assert (hub.pending_count, hub.pending_for(1), hub.pending_for(3)) == (5, 2, 1)
+    assert "max_pending=5" in refused(hub, 4).message
+    hub.answer(response(first), client="c", user_agent=None, wall=WALL, now=0)
+    assert hub.pending_for(1) == 1
+    confirm_from(hub, 1)
+    hub.expire_due(WALL, 2.0)  # the one with a one-second timeout
+    hub.source_gone(2, WALL, 2.0)
+    assert (hub.pending_count, hub.pending_for(1), hub.pending_for(2)) == (2, 1, 0)
+    confirm_from(hub, 2)
+    hub.set_limits(HubLimits(max_pending=1, max_pending_per_source=1))
+    assert hub.pending_count == 3  # a lowered bound expires nothing
+    refused(hub, 5)
+
+
+def test_unbounded_source_none_counts_only_towards_the_total() -> None:
+    """A daemon-made confirmation (source None) counts towards max_pending only."""
+    hub = Hub(epoch="e", limits=HubLimits(max_pending=3, max_pending_per_source=1))
+    for _ in range(3):
+        only_broadcast(
+            hub.accept(
+                {"type": "confirmation_required", "message": "?"},
+                "confirmation_required",
+                source=None,
+                wants_ack=False,
+                wall=WALL,
+                now=0,
+            )
+        )
+    refused(hub, 1)
+
+
+def widest_confirmation(i: int, char: str = "\x01", text: int = 4096) -> dict[str, Any]:
+    """A confirmation as large as §3.7 lets it be, every character escaped to 6 bytes."""
+    return {
+        "type": "confirmation_required",
+        "id": f"{i:04d}" + char * 252,
+        "prompt": char * text,
+        "message": char * text,
+        "claude_suggestion": char * text,
+        "options": [f"{j:02d}" + char * 62 for j in range(16)],
+        "skill_id": char * 5000,
+        "skill_name": char * 5000,
+        "step_name": char * 5000,
+        "step_index": 2**53 - 1,
+        "timeout_seconds": 3599.123456789,
+    }
+
+
+def start_widest_skill(hub: Hub, i: int, char: str = "\x01") -> None:
+    name = f"{i:03d}" + char * 5000
+    accept(
+        hub,
+        {
+            "type": "skill_started",
+            "skill_id": name,
+            "skill_name": name,
+            "session_id": char * 5000,
+            "total_steps": 2**53 - 1,
+        },
+    )
+    accept(
+        hub,
+        {
+            "type": "step_started",
+            "skill_id": name,
+            "step_name": char * 5000,
+            "step_index": 2**53 - 1,
+        },
+    )
+
+
+SKILL_TEXT = ("skill_id", "skill_name", "session_id", "current_step_name")
+CONFIRMATION_TEXT = (
+    "skill_id",
+    "skill_name",
+    "step_name",
+    "prompt",
+    "message",
+    "claude_suggestion",
+)
+
+
+def cut_lengths(snap: dict[str, Any]) -> set[int]:
+    """The lengths of every cut string in the snapshot (each must end with the mark)."""
+    texts = [s[k] for s in snap["running_skills"] for k in SKILL_TEXT]
+    texts += [c[k] for c in snap["pending_confirmations"] for k in CONFIRMATION_TEXT]
+    return {len(t) for t in texts if isinstance(t, str) and t.endswith(CUT_MARK)}
+
+
+def test_connected_keeps_text_whole_while_it_fits_but_skill_text_at_most_4096() -> None:
+    """Confirmation texts of 4,096 characters come whole; a longer skill name is cut
+    to exactly 4,096 characters, the last one the cut mark; the events keep it all."""
+    hub = Hub(epoch="e")
+    long_name = "n" * 10_000
+    started = only_broadcast(accept(hub, {"type": "skill_started", "skill_name": long_name}))
+    event = widest_confirmation(1, char="p")
+    b = only_broadcast(accept(hub, event))
+    snap = hub.connected(0)
+    [skill] = snap["running_skills"]
+    assert skill["skill_name"] == "n" * 4095 + CUT_MARK
+    assert started.stamped.event["skill_name"] == long_name
+    [pending] = snap["pending_confirmations"]
+    assert pending["prompt"] == pending["message"] == event["prompt"]  # 4,096: whole
+    assert pending["skill_name"] == "p" * 4095 + CUT_MARK
+    assert b.stamped.event["skill_name"] == event["skill_name"]
+    assert pending["id"] == event["id"]
+    assert pending["options"] == event["options"]
+
+
+def test_connected_cuts_every_text_to_the_first_length_that_fits() -> None:
+    """100 confirmations of 3 x 4,096 characters exceed 1 MiB: every text is cut to
+    the same 2,048 characters (the first of the ladder that fits), ids and options whole."""
+    hub = Hub(epoch="e")
+    events = [{**widest_confirmation(i, char="a"), "skill_name": "s"} for i in range(100)]
+    for event in events:
+        del event["skill_id"], event["step_name"]
+    for event in events:
+        accept(hub, event, source=None)
+    whole = len(json.dumps(hub.pending_confirmations(0), ensure_ascii=False).encode())
+    assert whole > CONNECTED_MAX_BYTES, whole
+    payload = hub.connected_payload(0)
+    assert len(payload) <= CONNECTED_MAX_BYTES, f"connected is {len(payload)} bytes"
+    snap = json.loads(payload)
+    assert cut_lengths(snap) == {2048}
+    for pending, event in zip(snap["pending_confirmations"], events, strict=True):
+        assert pending["prompt"] == "a" * 2047 + CUT_MARK
+        assert (pending["id"], pending["options"]) == (event["id"], event["options"])
+
+
+def test_connected_stays_under_1_mib_in_the_worst_case_of_the_defaults() -> None:
+    """100 running skills and 100 pending confirmations as large as validation allows,
+    every character escaped to \\u0001: the frame is at most 1 MiB and lists them all."""
+    hub = Hub(epoch="e" * 36, last_seq=2**53 - 1)
+    for i in range(MAX_RUNNING_SKILLS):
+        start_widest_skill(hub, i)
+    for i in range(HubLimits().max_pending):
+        accept(hub, widest_confirmation(i), source=i // HubLimits().max_pending_per_source)
+    payload = hub.connected_payload(0.000123)
+    assert len(payload) <= CONNECTED_MAX_BYTES, f"connected is {len(payload)} bytes"
+    snap = json.loads(payload)
+    assert (len(snap["running_skills"]), len(snap["pending_confirmations"])) == (100, 100)
+    # Measured: 32 characters fit (16, the shortest cut, leaves room to spare).
+    assert cut_lengths(snap) == {32}
+    assert hub.stats.snapshot_entries_left_out == 0
+    assert all(len(c["options"]) == 16 for c in snap["pending_confirmations"])
+
+
+def test_connected_leaves_out_what_does_not_fit_with_a_raised_max_pending() -> None:
+    """With max_pending raised to 300, what does not fit at the shortest cut is left
+    out: running skills first, then the newest confirmations; counted in stats."""
+    hub = Hub(epoch="e", limits=HubLimits(max_pending=300, max_pending_per_source=300))
+    start_widest_skill(hub, 0)
+    ids = [confirm_from(hub, 1, **widest_confirmation(i)) for i in range(300)]
+    payload = hub.connected_payload(0)
+    assert len(payload) <= CONNECTED_MAX_BYTES, f"connected is {len(payload)} bytes"
+    snap = json.loads(payload)
+    kept = [c["id"] for c in snap["pending_confirmations"]]
+    assert snap["running_skills"] == []
+    assert 0 < len(kept) < 300
+    assert kept == ids[: len(kept)]
+    assert cut_lengths(snap) == {min(SNAPSHOT_CUTS)}
+    assert hub.stats.snapshot_entries_left_out == 1 + 300 - len(kept)
+
+
+def test_connected_snapshot_follows_changes_after_being_built() -> None:
+    """Entries are encoded once and kept: a step, an answer, a pause still show."""
+    hub = Hub(epoch="e")
+    accept(hub, {"type": "skill_started", "skill_name": "s", "skill_id": "k"})
+    cid = confirm(hub, timeout_seconds=60)
+    other = confirm(hub)
+    hub.connected_payload(0)
+    accept(hub, {"type": "step_started", "skill_id": "k", "step_name": "two", "step_index": 1})
+    hub.answer(response(other), client="c", user_agent=None, wall=WALL, now=0)
+    hub.pause(cid, 10)
+    snap = hub.connected(20)
+    [skill] = snap["running_skills"]
+    assert (skill["current_step"], skill["current_step_name"]) == (1, "two")
+    [pending] = snap["pending_confirmations"]
+    assert (pending["id"], pending["paused"], pending["remaining_seconds"]) == (cid, True, 50)
+    assert snap["seq"] == hub.last_seq
+
+
+def test_event_type_labels_are_bounded() -> None:
+    """by_type names the known and daemon-made types, at most 100 others (first
+    come), and counts the rest, and a type literally named other, as "other"."""
+    hub = Hub(epoch="e")
+    for t in sorted(KNOWN_TYPE_LABELS):
+        hub.stamp({"type": t}, t, WALL, 0)
+    for i in range(150):
+        hub.stamp({"type": f"t{i}"}, f"t{i}", WALL, 0)
+    for t in ("t0", "t120", "other"):
+        hub.stamp({"type": t}, t, WALL, 0)
+    by_type = hub.stats.by_type
+    others = set(by_type) - KNOWN_TYPE_LABELS - {OTHER_TYPE_LABEL}
+    assert others == {f"t{i}" for i in range(MAX_OTHER_TYPE_LABELS)}
+    assert by_type["t0"] == 2
+    assert by_type[OTHER_TYPE_LABEL] == 50 + 2  # t100..t149, then t120 again and "other"
+    assert sum(by_type.values()) == hub.stats.events_out

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from aaeventd.journal import EPOCH_FILE, Journal, JournalInUse
+from tests.support import Source, private_daemon, run
 
 
 def lines(first: int, last: int, pad: int = 0) -> bytes:
@@ -17,6 +19,19 @@ def lines(first: int, last: int, pad: int = 0) -> bytes:
         json.dumps({"type": "x", "seq": s, "pad": "p" * pad}).encode() + b"\n"
         for s in range(first, last + 1)
     )
+
+
+@dataclass(frozen=True)
+class Row:
+    """A journal line as the daemon hands it over: its seq and JSON text."""
+
+    seq: int
+    payload: bytes
+
+
+def rows(data: bytes) -> list[Row]:
+    """``data`` (whole lines) as the rows :meth:`Journal.append` takes."""
+    return [Row(json.loads(line)["seq"], line) for line in data.splitlines()]
 
 
 def journal(directory: Path, **kw: object) -> Journal:
@@ -40,7 +55,7 @@ def test_reopen_resumes_seq_and_keeps_epoch(tmp_path: Path) -> None:
     """After appending, a new Journal on the same dir resumes the last seq and epoch."""
     j = journal(tmp_path)
     first = j.open()
-    j.append(lines(1, 5), 1)
+    j.append(rows(lines(1, 5)))
     j.close()
     again = journal(tmp_path).open()
     assert (again.epoch, again.last_seq) == (first.epoch, 5)
@@ -50,7 +65,7 @@ def test_torn_last_line_is_cut_with_warning(tmp_path: Path) -> None:
     """A partial last line (crash mid-write) is truncated and reported."""
     j = journal(tmp_path)
     j.open()
-    j.append(lines(1, 3), 1)
+    j.append(rows(lines(1, 3)))
     j.close()
     [path] = j.files()
     with path.open("ab") as fh:
@@ -65,7 +80,7 @@ def test_only_a_torn_line_means_empty_file(tmp_path: Path) -> None:
     """A file holding only a torn line resumes from the previous file."""
     j = journal(tmp_path, max_file_bytes=200)
     j.open()
-    j.append(lines(1, 2), 1)
+    j.append(rows(lines(1, 2)))
     j.close()
     (tmp_path / "events-000000000003.jsonl").write_bytes(b'{"type":"x","se')
     state = journal(tmp_path).open()
@@ -77,7 +92,7 @@ def test_rotation_and_retention(tmp_path: Path) -> None:
     j = journal(tmp_path, max_file_bytes=1000, max_files=3)
     j.open()
     for seq in range(1, 41):
-        j.append(lines(seq, seq, pad=100), seq)
+        j.append(rows(lines(seq, seq, pad=100)))
     j.close()
     files = j.files()
     assert len(files) == 3
@@ -93,7 +108,7 @@ def test_read_since_yields_later_lines_across_files(tmp_path: Path) -> None:
     j = journal(tmp_path, max_file_bytes=300)
     j.open()
     for seq in range(1, 21):
-        j.append(lines(seq, seq), seq)
+        j.append(rows(lines(seq, seq)))
     got = [seq for seq, line in j.read_since(7) if json.loads(line)["seq"] == seq]
     assert got == list(range(8, 21))
     assert list(j.read_since(20)) == []
@@ -104,7 +119,7 @@ def test_read_since_parses_lines_with_a_nested_seq(tmp_path: Path) -> None:
     j = journal(tmp_path)
     j.open()
     tricky = json.dumps({"type": "x", "note": '"seq":999', "seq": 1}).encode() + b"\n"
-    j.append(tricky + lines(2, 2), 1)
+    j.append(rows(tricky + lines(2, 2)))
     assert [(s, json.loads(x)["seq"]) for s, x in j.read_since(0)] == [(1, 1), (2, 2)]
     assert [s for s, _ in j.read_since(1)] == [2]
 
@@ -113,7 +128,7 @@ def test_corrupt_last_line_sets_journal_aside(tmp_path: Path) -> None:
     """An unreadable complete last line: files renamed aside, new epoch, seq 0."""
     j = journal(tmp_path)
     first = j.open()
-    j.append(lines(1, 2) + b"garbage\n", 1)
+    j.append([*rows(lines(1, 2)), Row(3, b"garbage")])
     j.close()
     state = journal(tmp_path).open()
     assert state.epoch != first.epoch
@@ -126,7 +141,7 @@ def test_missing_epoch_with_data_starts_new_epoch(tmp_path: Path) -> None:
     """Data without an epoch file cannot be trusted: set aside, new epoch."""
     j = journal(tmp_path)
     j.open()
-    j.append(lines(1, 2), 1)
+    j.append(rows(lines(1, 2)))
     j.close()
     (tmp_path / EPOCH_FILE).unlink()
     state = journal(tmp_path).open()
@@ -139,7 +154,7 @@ def test_every_fsync_policy_writes_before_returning(tmp_path: Path, policy: str)
     """append hands the data to the OS before it returns, whatever the fsync policy."""
     j = journal(tmp_path, fsync=policy)
     j.open()
-    j.append(lines(1, 1), 1)
+    j.append(rows(lines(1, 1)))
     j.sync()
     [path] = j.files()
     assert path.read_bytes() == lines(1, 1)
@@ -164,7 +179,7 @@ def test_dirty_fd_is_a_duplicate_only_when_something_was_written(tmp_path: Path)
     j = journal(tmp_path, fsync="interval")
     j.open()
     assert j.dirty_fd() is None
-    j.append(lines(1, 1), 1)
+    j.append(rows(lines(1, 1)))
     fd = j.dirty_fd()
     assert fd is not None
     assert os.fstat(fd).st_ino == j.files()[0].stat().st_ino
@@ -172,3 +187,27 @@ def test_dirty_fd_is_a_duplicate_only_when_something_was_written(tmp_path: Path)
     os.close(fd)
     assert j.dirty_fd() is None
     j.close()
+
+
+def test_daemon_rotates_by_line_during_a_burst() -> None:
+    """600 events in one write at max_file_bytes 20000: no file exceeds it by more than a
+    line (rotation is by line, not by read batch)."""
+
+    async def body() -> tuple[list[int], int]:
+        async with private_daemon(journal={"max_file_bytes": 20000, "max_files": 100}) as d:
+            hello = {"type": "hello", "acks": True}
+            async with await Source.connect(d.socket_path, hello=hello) as src:
+                events = [{"type": "tick", "i": i, "pad": "x" * 200} for i in range(600)]
+                await src.send_raw(b"".join(json.dumps(e).encode() + b"\n" for e in events))
+                for _ in range(600):
+                    await src.recv_type("ack")
+            assert d.journal is not None
+            files = d.journal.files()
+            longest = max(len(ln) + 1 for f in files for ln in f.read_bytes().splitlines())
+            seqs = [json.loads(ln)["seq"] for f in files for ln in f.read_bytes().splitlines()]
+            assert seqs == list(range(1, 601))
+            return [f.stat().st_size for f in files], longest
+
+    sizes, longest = run(body())
+    assert max(sizes) <= 20000 + longest, f"a {max(sizes)}-byte file at max_file_bytes 20000"
+    assert len(sizes) >= 600 * 230 // 20000, sizes

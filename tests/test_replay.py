@@ -151,3 +151,42 @@ def test_replay_after_restart_comes_from_the_journal() -> None:
         assert seqs == list(range(6, 22))
 
     run(body())
+
+
+def test_replay_skips_a_torn_journal_line_and_announces_its_seqs() -> None:
+    """A torn line glued to the next one in the journal is never sent: every replayed frame
+    is JSON, the lost seqs come as a not_journaled gap, the skipped line is counted."""
+
+    async def body() -> None:
+        with short_tmpdir() as tmp:
+            cfg = make_config(tmp, events={"replay_buffer": 5})
+            async with running_daemon(cfg) as d:
+                hello = {"type": "hello", "acks": True}
+                async with await Source.connect(d.socket_path, hello=hello) as src:
+                    await send_many(src, 20)
+                assert d.journal is not None
+                [path] = d.journal.files()
+            lines = path.read_bytes().splitlines(keepends=True)
+            # Seq 10's line loses its end and its newline: glued to seq 11's (a short
+            # write that was not cut back, as the old writer left it).
+            lines[9] = lines[9][:25]
+            path.write_bytes(b"".join(lines))
+            async with running_daemon(cfg) as d2:
+                ws = await ws_connect(d2, "since=0")
+                raw_frames = [await asyncio.wait_for(ws.recv(), 10) for _ in range(20)]
+                await ws.close()
+                assert d2.journal is not None
+                skipped = d2.journal.health.skipped_lines
+        frames = []
+        for raw in raw_frames:
+            try:
+                frames.append(json.loads(raw))
+            except ValueError:
+                raise AssertionError(f"the replay sent a non-JSON frame: {raw!r:.120}") from None
+        assert frames[0]["type"] == "connected"
+        assert [f.get("seq") for f in frames[1:10]] == list(range(1, 10))
+        assert frames[10] == {"type": "replay_gap", "reason": "not_journaled", "from": 10, "to": 11}
+        assert [f["seq"] for f in frames[11:]] == list(range(12, 21))
+        assert skipped == 1, f"{skipped} unreadable lines counted, 1 expected"
+
+    run(body())

@@ -21,7 +21,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     RESERVED_TYPE = "reserved_type"
     LINE_TOO_LONG = "line_too_long"
+    LINE_TIMEOUT = "line_timeout"
     DUPLICATE_CONFIRMATION = "duplicate_confirmation"
+    TOO_MANY_CONFIRMATIONS = "too_many_confirmations"
     FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
     # Client side (§2.1)

@@ -15,10 +15,18 @@ Choices where PROTOCOL.md is silent:
 * Required string fields may be empty, except ``message``/``prompt`` and ``id`` of
   ``confirmation_required``, which the table says are non-empty.
 * "number" is an int or a float, never a bool; an integer too large for a double is
-  refused there (clients could not represent it).
+  refused there (clients could not represent it).  For the same reason an "int" field is
+  at most 2**53 - 1 (JavaScript's largest safe integer, I-JSON's interoperable range):
+  ints are copied into the ``connected`` snapshot, which must stay within 1 MiB (§2.1).
 * ``error_type``, ``fix_action``, ``error_snippet``, ``description`` and
   ``step_name`` are strings; fields the table gives no type (``source``, ``result``,
-  ``output``, ``error``, ``previous``, ``claude_suggestion``, ``count``) take any JSON.
+  ``output``, ``error``, ``previous``, ``count``) take any JSON.
+* §3.7 bounds ``confirmation_required``: ``message``/``prompt`` and
+  ``claude_suggestion`` at most 4,096 characters (so ``claude_suggestion``, which the
+  bound implies is text, is a string), ``options`` at most 16 strings of at most 64
+  characters.  ``id`` is at most 256 characters: it is copied whole into every
+  ``connected`` snapshot (a client needs it to answer), which must stay within 1 MiB.
+  Characters are Unicode code points, as Python's ``len`` counts them.
 * ``normalize_confirmation``: when both ``message`` and ``prompt`` are sent and differ,
   ``message`` wins and ``prompt`` is overwritten with it.
 """
@@ -48,6 +56,11 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "EVENT_ADAPTER",
     "KNOWN_TYPES",
+    "MAX_CONFIRMATION_ID_CHARS",
+    "MAX_CONFIRMATION_TEXT_CHARS",
+    "MAX_OPTIONS",
+    "MAX_OPTION_CHARS",
+    "MAX_SAFE_INTEGER",
     "REMEMBER_VALUES",
     "RESERVED_TYPES",
     "ClientMessage",
@@ -65,9 +78,22 @@ __all__ = [
 # Field types
 # ---------------------------------------------------------------------------
 
-NonNegInt = Annotated[int, Field(ge=0)]
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""The largest "int" a known event may carry (a client's double holds it exactly)."""
+MAX_CONFIRMATION_TEXT_CHARS: Final = 4096
+"""§3.7: ``message``/``prompt`` and ``claude_suggestion`` of ``confirmation_required``."""
+MAX_OPTIONS: Final = 16
+"""§3.7: the most ``options`` a ``confirmation_required`` may offer."""
+MAX_OPTION_CHARS: Final = 64
+"""§3.7: the longest option."""
+MAX_CONFIRMATION_ID_CHARS: Final = 256
+"""The longest ``id`` a source may give a confirmation (copied whole into snapshots)."""
+
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
 NonNegNumber = Annotated[float, Field(ge=0)]  # strict float: int or float, never bool
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+ConfirmationText = Annotated[str, Field(min_length=1, max_length=MAX_CONFIRMATION_TEXT_CHARS)]
+Option = Annotated[str, Field(max_length=MAX_OPTION_CHARS)]
 
 DEFAULT_OPTIONS: Final[tuple[str, ...]] = ("yes", "no")
 """``options`` of a ``confirmation_required`` that sends none."""
@@ -148,11 +174,11 @@ class SkillError(_SkillRef):
 
 class ConfirmationRequired(_Event):
     type: Literal["confirmation_required"]
-    message: NonEmptyStr = "-"
-    prompt: NonEmptyStr = "-"
-    id: NonEmptyStr = "-"
+    message: ConfirmationText = "-"
+    prompt: ConfirmationText = "-"
+    id: Annotated[str, Field(min_length=1, max_length=MAX_CONFIRMATION_ID_CHARS)] = "-"
     # Validated before `default`, which reads it (absent: the default below).
-    options: Annotated[list[str], Field(min_length=1)] = Field(
+    options: Annotated[list[Option], Field(min_length=1, max_length=MAX_OPTIONS)] = Field(
         default_factory=lambda: list(DEFAULT_OPTIONS)
     )
     timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
@@ -161,7 +187,7 @@ class ConfirmationRequired(_Event):
     skill_name: str = ""
     step_name: str = ""
     step_index: NonNegInt = 0
-    claude_suggestion: Any = None
+    claude_suggestion: Annotated[str, Field(max_length=MAX_CONFIRMATION_TEXT_CHARS)] = ""
 
     @field_validator("options")
     @classmethod

@@ -94,6 +94,11 @@ class LineFramer:
         return len(self._buf)
 
     @property
+    def pending(self) -> bool:
+        """True while a line has started and not ended (held, or being discarded)."""
+        return bool(self._buf) or self._discarding
+
+    @property
     def lines_seen(self) -> int:
         """Physical lines completed so far (blank and over-long ones included)."""
         return self._number

@@ -1,0 +1,417 @@
+"""Memory that stays bounded however clients behave, and a stop that is always quick.
+
+PROTOCOL §2.3: each client holds at most ``slow_client_buffer_bytes`` unsent, a replay
+included; all clients together at most ``clients_buffer_budget_bytes``; the replay ring
+at most ``replay_buffer_bytes``.  §5: a heartbeat is answered within a second under
+load, and SIGTERM ends the daemon within 5 s even when a client never reads.
+
+The daemon runs as a real subprocess, so the figures are the process's own: its peak
+resident size (``VmHWM`` in ``/proc/PID/status``) against its resident size before the
+pressure, and its time from SIGTERM to exit.  A client that stops reading is a raw TCP
+socket that did the WebSocket handshake with a 4 KiB receive buffer, so the kernel's
+buffers cannot hide the backlog the daemon keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.support import (
+    TIMEOUT,
+    Source,
+    aaeventd_cmd,
+    make_config,
+    proc_status_bytes,
+    reap,
+    recv_json,
+    run,
+    running_daemon,
+    short_tmpdir,
+    stderr_lines,
+    subprocess_env,
+    wait_for_line,
+)
+
+KIB, MIB = 1 << 10, 1 << 20
+
+# What the daemon may grow by besides the buffers the config bounds: the allocator's
+# arenas and the freed blocks it keeps, one read batch of events joined for the
+# journal and the fan-out, the ring's per-event bookkeeping (~100 bytes an event), the
+# log records in flight.  None of it grows with the number of clients that stop
+# reading, the size of a replay or the size of the events, which is what the budgets
+# bound: without them the same tests grew by 30 to 50 MiB.
+ALLOWANCE = 8 * MIB
+
+# PROTOCOL §5, not scaled by the tests' timeout factor: the contract's own figures.
+HEARTBEAT_LIMIT = 1.0
+STOP_LIMIT = 5.0
+
+READY_RE = re.compile(r"clients on ws://\S+?:(\d+)/")
+HELLO = {"type": "hello", "name": "budgets", "acks": True}
+
+
+# -- the daemon as a subprocess ---------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    port: int
+    socket_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def memory(self, field: str = "VmRSS") -> int:
+        return proc_status_bytes(self.proc.pid, field)
+
+    def get(self, path: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", path, headers={"Host": "localhost"})
+            response = conn.getresponse()
+            body = response.read().decode()
+            assert response.status == 200, (response.status, body, self.log()[-3000:])
+            return body
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> str:
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(f"aaeventd_{name} "):
+                return line.split(" ", 1)[1]
+        raise AssertionError(f"aaeventd_{name} not in /metrics")
+
+    def client_count(self) -> int:
+        count = json.loads(self.get("/healthz"))["clients"]
+        assert isinstance(count, int)
+        return count
+
+    def log(self) -> str:
+        return "".join(stderr_lines(self.proc).lines)
+
+
+@contextlib.contextmanager
+def daemon_process(**sections: dict[str, Any]) -> Iterator[Daemon]:
+    """``aaeventd run`` with a private socket, journal and port; ``sections`` override."""
+    with short_tmpdir() as tmp:
+        config: dict[str, Any] = {
+            "sources": {"socket_path": str(tmp / "ev.sock")},
+            "websocket": {"port": 0, "ping_interval_seconds": None},
+            "journal": {"directory": str(tmp / "journal")},
+        }
+        for name, values in sections.items():
+            config.setdefault(name, {}).update(values)
+        path = tmp / "config.yaml"
+        path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+        proc = subprocess.Popen(
+            aaeventd_cmd("run", "--config", str(path)),
+            env=subprocess_env(tmp),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            match = READY_RE.search(wait_for_line(proc, " ready: "))
+            assert match is not None
+            yield Daemon(proc, int(match.group(1)), tmp / "ev.sock")
+        finally:
+            reap(proc)
+
+
+def non_reader(port: int, query: str = "") -> socket.socket:
+    """A WebSocket client that completes the opening handshake and then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # Before connect: a small, fixed window (no autotuning) for the whole connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = "/" + (f"?{query}" if query else "")
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while not response.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)  # one at a time: the frames after it stay unread
+            assert byte, f"closed during the handshake: {response!r}"
+            response += byte
+        assert response.startswith(b"HTTP/1.1 101 "), response
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def wait_for_clients(d: Daemon, count: int) -> None:
+    """Until the daemon has registered ``count`` clients (each check is a real request)."""
+    async with asyncio.timeout(TIMEOUT):
+        while await asyncio.to_thread(d.client_count) != count:
+            pass
+
+
+def event_lines(first: int, count: int, size: int) -> bytes:
+    pad = "x" * size
+    return b"".join(
+        json.dumps({"type": "bulk", "n": n, "pad": pad}).encode() + b"\n"
+        for n in range(first, first + count)
+    )
+
+
+async def emit(src: Source, first: int, count: int, size: int) -> None:
+    """Send ``count`` events and wait for their acks (so they are in the ring)."""
+    await src.send_raw(event_lines(first, count, size))
+    for _ in range(count):
+        assert (await src.recv())["type"] == "ack"
+
+
+async def read_events(ws: ClientConnection, count: int) -> list[int]:
+    """The seqs of the next ``count`` frames, which must all be events."""
+    seqs = []
+    for _ in range(count):
+        frame = await recv_json(ws)
+        assert "seq" in frame, frame
+        seqs.append(frame["seq"])
+    return seqs
+
+
+def wait_for_slow_closes(d: Daemon, count: int) -> None:
+    """Until ``count`` slow-consumer closes are logged (one WARNING line each)."""
+    for _ in range(count):
+        wait_for_line(d.proc, "closing slow consumer")
+
+
+# -- the global budget (§2.3) and heartbeats under load (§5) ---------------------------
+
+
+def test_clients_that_never_read_stay_within_the_global_budget() -> None:
+    """40 clients that never read while 2,000 events of 4 KiB flow: the daemon grows by
+    at most the global budget (plus one client's limit, the ring and the allowance), every
+    non-reader is closed 1013, and a client that reads gets every event in order with each
+    heartbeat answered within a second."""
+    n_slow, total, chunk, size = 40, 2000, 50, 4 * KIB
+    budget, per_client, ring = 4 * MIB, 1 * MIB, 1 * MIB
+
+    async def body(d: Daemon) -> tuple[int, int, list[int], list[float]]:
+        slow = [non_reader(d.port) for _ in range(n_slow)]
+        try:
+            async with connect(d.url, max_size=None, ping_interval=None) as healthy:
+                assert (await recv_json(healthy))["type"] == "connected"
+                await wait_for_clients(d, n_slow + 1)
+                before = d.memory()
+                loop = asyncio.get_running_loop()
+                got: list[int] = []
+                waited: list[float] = []
+                src = await Source.connect(d.socket_path)
+                async with src:
+                    for base in range(0, total, chunk):
+                        await src.send_raw(event_lines(base, chunk, size))
+                        asked = loop.time()
+                        await healthy.send(json.dumps({"type": "heartbeat"}))
+                        events, acked = 0, False
+                        while events < chunk or not acked:
+                            frame = await recv_json(healthy)
+                            if frame["type"] == "heartbeat_ack":
+                                waited.append(loop.time() - asked)
+                                acked = True
+                            else:
+                                got.append(frame["seq"])
+                                events += 1
+                return before, d.memory("VmHWM"), got, waited
+        finally:
+            for sock in slow:
+                sock.close()
+
+    with daemon_process(
+        websocket={
+            "slow_client_buffer_bytes": per_client,
+            "clients_buffer_budget_bytes": budget,
+        },
+        events={"replay_buffer_bytes": ring},
+    ) as d:
+        before, peak, got, waited = run(body(d))
+        wait_for_slow_closes(d, n_slow)
+        closes = d.metric("slow_client_disconnects_total")
+        for_budget = d.log().count(f"> budget {budget})")
+    # The clients closed for the budget hold their backlog (at most one client's limit)
+    # until the next write over budget aborts them.
+    growth, bound = peak - before, budget + per_client + ring + ALLOWANCE
+    assert growth <= bound, (
+        f"RSS grew {growth / MIB:.1f} MiB > {bound / MIB:.1f} MiB with {n_slow} clients "
+        "that never read"
+    )
+    assert got == list(range(1, total + 1)), f"{len(got)} events, not 1..{total} in order"
+    assert max(waited) < HEARTBEAT_LIMIT, f"a heartbeat waited {max(waited):.3f} s"
+    assert closes == str(n_slow), f"{closes} slow-consumer closes, not {n_slow}"
+    assert for_budget > n_slow // 2, f"only {for_budget} of the closes were for the budget"
+
+
+# -- replays count against the slow-client limit (§2.3) --------------------------------
+
+
+def test_replays_to_clients_that_do_not_read_hold_at_most_their_limit() -> None:
+    """5 clients ask for since=0 with 8 MiB in the ring and do not read: the daemon grows
+    by at most 5 times slow_client_buffer_bytes (plus the allowance); a client that reads gets
+    the whole replay in order, then live events; the non-readers are closed 1013 once the
+    live events held behind their replay pass their limit."""
+    n_slow, total, live, size = 5, 2000, 100, 4 * KIB
+    per_client = 256 * KIB
+
+    async def body(d: Daemon) -> tuple[int, int, list[int]]:
+        src = await Source.connect(d.socket_path, hello=HELLO)
+        async with src:
+            for base in range(0, total, 100):
+                await emit(src, base, 100, size)
+            before = d.memory()
+            slow = [non_reader(d.port, "since=0") for _ in range(n_slow)]
+            try:
+                async with connect(d.url + "?since=0", max_size=None, ping_interval=None) as ws:
+                    assert (await recv_json(ws))["type"] == "connected"
+                    got = await read_events(ws, total)
+                    # Live events now queue behind the replays nobody reads.
+                    await emit(src, total, live, size)
+                    got += await read_events(ws, live)
+                    await asyncio.to_thread(wait_for_slow_closes, d, n_slow)
+                    return before, d.memory("VmHWM"), got
+            finally:
+                for sock in slow:
+                    sock.close()
+
+    with daemon_process(
+        websocket={"slow_client_buffer_bytes": per_client},
+        events={"replay_buffer_bytes": 16 * MIB},
+    ) as d:
+        before, peak, got = run(body(d))
+        closes = d.metric("slow_client_disconnects_total")
+    growth, bound = peak - before, n_slow * per_client + ALLOWANCE
+    assert growth <= bound, (
+        f"RSS grew {growth / MIB:.1f} MiB > {bound / MIB:.1f} MiB with {n_slow} "
+        f"unread replays of {total * size / MIB:.0f} MiB"
+    )
+    assert got == list(range(1, total + live + 1)), f"{len(got)} events, not in order"
+    assert closes == str(n_slow), f"{closes} slow-consumer closes, not {n_slow}"
+
+
+# -- the ring's byte bound (§2.3) --------------------------------------------------------
+
+
+def test_replay_ring_is_bounded_by_bytes_and_the_journal_fills_in() -> None:
+    """1,000 events of 16 KiB with replay_buffer_bytes 2 MiB: the daemon grows by at most
+    the ring's bytes (plus the allowance), and a since=0 client still gets all 1,000 in
+    order with no gap (what left the ring comes from the journal)."""
+    total, size, ring = 1000, 16 * KIB, 2 * MIB
+
+    async def body(d: Daemon) -> tuple[int, int, list[dict[str, Any]]]:
+        before = d.memory()
+        src = await Source.connect(d.socket_path, hello=HELLO)
+        async with src:
+            for base in range(0, total, 50):
+                await emit(src, base, 50, size)
+        peak = d.memory("VmHWM")
+        async with connect(d.url + "?since=0", max_size=None, ping_interval=None) as ws:
+            assert (await recv_json(ws))["type"] == "connected"
+            frames = [await recv_json(ws) for _ in range(total)]
+        return before, peak, frames
+
+    with daemon_process(events={"replay_buffer_bytes": ring}) as d:
+        before, peak, frames = run(body(d))
+        growth, bound = peak - before, ring + ALLOWANCE
+        assert growth <= bound, (
+            f"RSS grew {growth / MIB:.1f} MiB > {bound / MIB:.1f} MiB holding "
+            f"{total * size / MIB:.0f} MiB of events"
+        )
+        held = int(d.metric("replay_ring_bytes"))
+    assert ring - 2 * size < held <= ring, f"the ring holds {held} bytes, limit {ring}"
+    assert [f.get("seq") for f in frames] == list(range(1, total + 1)), [
+        f for f in frames if f.get("type") != "bulk"
+    ]
+
+
+# -- a quick stop (§5) -------------------------------------------------------------------
+
+
+def test_sigterm_with_a_client_that_never_reads_exits_within_5_seconds() -> None:
+    """SIGTERM while a client that never reads has 1 MiB of events it has not read: a
+    reading client gets 1001, the journal is flushed and the daemon exits 0 within 5 s."""
+    total, size = 250, 4 * KIB
+
+    async def body(d: Daemon) -> tuple[float, int, int | None]:
+        slow = non_reader(d.port)
+        try:
+            async with connect(d.url, max_size=None, ping_interval=None) as ws:
+                assert (await recv_json(ws))["type"] == "connected"
+                await wait_for_clients(d, 2)
+                src = await Source.connect(d.socket_path, hello=HELLO)
+                async with src:
+                    await emit(src, 0, total, size)
+                    assert await read_events(ws, total) == list(range(1, total + 1))
+                    start = time.monotonic()
+                    d.proc.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(ConnectionClosed):
+                        async with asyncio.timeout(TIMEOUT):
+                            while True:
+                                await ws.recv()
+                    code = await asyncio.to_thread(d.proc.wait, 3 * TIMEOUT)
+                    return time.monotonic() - start, code, ws.close_code
+        finally:
+            slow.close()
+
+    with daemon_process() as d:
+        took, code, close_code = run(body(d))
+        stderr_lines(d.proc).join()
+        log = d.log()
+    assert took < STOP_LIMIT, f"SIGTERM to exit took {took:.2f} s"
+    assert code == 0, f"exit code {code}"
+    assert close_code == 1001, f"the reading client got {close_code}"
+    assert f"stopped after {total} events" in log, log[-2000:]
+    assert "closing slow consumer" not in log, "the non-reader was closed before the stop"
+
+
+# -- reload (§5) -----------------------------------------------------------------------
+
+
+def test_reload_applies_both_budgets_live() -> None:
+    """A reload applies clients_buffer_budget_bytes and replay_buffer_bytes at once; a
+    smaller ring keeps its newest events."""
+    size = 1 * KIB
+
+    async def body(tmp: Path) -> None:
+        async with running_daemon(make_config(tmp)) as d:
+            src = await Source.connect(d.socket_path, hello=HELLO)
+            async with src:
+                await emit(src, 0, 20, size)
+            d.apply_config(
+                make_config(
+                    tmp,
+                    websocket={"clients_buffer_budget_bytes": 2 * MIB},
+                    events={"replay_buffer_bytes": 4 * size},
+                )
+            )
+            assert d.ws.settings.clients_buffer_budget_bytes == 2 * MIB
+            assert d.hub.ring_bytes <= 4 * size, f"the ring holds {d.hub.ring_bytes} bytes"
+            assert d.hub.oldest_in_ring == 18, d.hub.oldest_in_ring
+
+    with short_tmpdir() as tmp:
+        run(body(tmp))
