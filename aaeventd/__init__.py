@@ -2,5 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# pyproject.toml holds the one literal; an installed (or `pip install -e`) package
+# reports it here.
+__version__ = version("aaeventd")
 SERVER_NAME = "aaeventd"

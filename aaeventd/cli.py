@@ -27,12 +27,14 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from aaeventd import __version__
 from aaeventd.config import Config, load_config, resolve_socket_path, resolve_token_file
 from aaeventd.console import LiveView, format_clients, format_event, format_health
+from aaeventd.endpoints import http_base, url_host, websocket_url
 from aaeventd.errors import AaeventdError, ConfigError
+from aaeventd.tokens import read_token
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 REMEMBER_CHOICES = ("none", "this-error", "this-skill", "always")
@@ -94,7 +96,9 @@ def _build_parser() -> argparse.ArgumentParser:
     emit.add_argument("type", nargs="?", help="event type, or '-' to read NDJSON from stdin")
     emit.add_argument("fields", nargs="*", metavar="KEY=VALUE", help="event fields")
     emit.add_argument("--json", dest="json_obj", metavar="OBJ", help="the whole event as JSON")
-    emit.add_argument("--socket", help="the daemon's Unix socket (default: from config)")
+    emit.add_argument(
+        "--socket", help="the daemon's Unix socket (default: $AAEVENTD_SOCKET, else from config)"
+    )
     emit.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     _config_arg(emit)
 
@@ -122,7 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--live", action="store_true", help="a live screen of skills, confirmations and events"
     )
     watch.add_argument("--since", type=int, help="first replay every event after this seq")
-    watch.add_argument("--url", help="WebSocket URL (default: from config)")
+    _daemon_url_arg(watch)
     watch.add_argument(
         "--count", type=int, help="exit after printing this many events (for scripts)"
     )
@@ -153,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="none",
         help="what the source should remember (default: none)",
     )
-    confirm.add_argument("--url", help="WebSocket URL (default: from config)")
+    _daemon_url_arg(confirm)
     _config_arg(confirm)
 
     status = sub.add_parser(
@@ -373,10 +377,7 @@ def _cmd_emit(args: argparse.Namespace) -> int:
         socket_path = Path(args.socket)
     else:
         config, _ = _load(args)
-        # RUNTIME_DIRECTORY, when set, belongs to the unit running *this* command,
-        # not to the daemon's: resolve the socket as a shell outside systemd would.
-        env = {k: v for k, v in os.environ.items() if k != "RUNTIME_DIRECTORY"}
-        socket_path = resolve_socket_path(config, env)
+        socket_path = resolve_socket_path(config, connecting=True)
     status = EXIT_OK
     try:
         # No reconnect: a one-shot command reports an absent daemon instead of buffering.
@@ -411,7 +412,7 @@ _SCREEN_LEAVE = "\x1b[?25h\x1b[?1049l"
 
 
 def _read_token(config: Config) -> str | None:
-    """The configured token: the first line of ``auth.token_file``, stripped.
+    """The configured token (:func:`aaeventd.tokens.read_token` of ``auth.token_file``).
 
     Returns:
         ``None`` when no token is configured, or the file does not exist yet (the
@@ -421,40 +422,7 @@ def _read_token(config: Config) -> str | None:
         ConfigError: the file exists but cannot be read.
     """
     token_file = resolve_token_file(config)
-    if token_file is None:
-        return None
-    try:
-        with token_file.open(encoding="utf-8") as fh:
-            token = fh.readline().strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("auth.token_file", f"cannot read {token_file}: {exc}") from exc
-    return token or None
-
-
-def _ws_url(config: Config, args: argparse.Namespace, since: int | None, epoch: str | None) -> str:
-    base = args.url or f"ws://{_url_host(config.websocket.host)}:{config.websocket.port}/"
-    params: dict[str, str] = {}
-    types = getattr(args, "types", None)
-    if types:
-        params["types"] = types
-    if since is not None:
-        params["since"] = str(since)
-    if epoch is not None:
-        params["epoch"] = epoch
-    token = _read_token(config)
-    if token is not None:
-        params["token"] = token
-    if not params:
-        return base
-    return base + ("&" if "?" in base else "?") + urlencode(params)
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+    return None if token_file is None else read_token(token_file)
 
 
 class _Sink(Protocol):
@@ -607,7 +575,7 @@ def _follow(config: Config, args: argparse.Namespace, sink: _Sink) -> int:
     """
     from aaeventd.subscriber import Subscriber, SubscriberError
 
-    base = args.url or f"ws://{_url_host(config.websocket.host)}:{config.websocket.port}/"
+    base = _stream_url(config, args)
     received = 0
     sub = Subscriber(
         base,
@@ -675,27 +643,44 @@ HTTP_TIMEOUT = 3.0  # seconds, for /healthz and /clients
 
 
 def _daemon_base(config: Config, args: argparse.Namespace) -> str:
-    """The daemon's ``http://HOST:PORT/``: from ``--url`` (http or ws), else the config.
+    """The daemon's ``http://HOST:PORT/``: from ``--url`` (http(s) or ws(s)), else the config.
 
     Raises:
         CommandFailed: (exit 2) a malformed ``--url``, or port 0 in the config.
     """
     if args.url:
-        url: str = args.url
-        parts = urlsplit(url)
-        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-        if scheme not in ("http", "https") or not parts.netloc:
-            raise CommandFailed(
-                f"--url must look like http://127.0.0.1:9876/, got {url!r}", EXIT_USAGE
-            )
-        return urlunsplit((scheme, parts.netloc, "/", "", ""))
+        try:
+            return http_base(args.url)
+        except ValueError as exc:
+            raise _bad_url(args.url) from exc
     if config.websocket.port == 0:
         raise CommandFailed(
             "websocket.port is 0 in the config: the daemon picked its port at start "
             "(its log says which); pass --url http://127.0.0.1:PORT/",
             EXIT_USAGE,
         )
-    return f"http://{_url_host(config.websocket.host)}:{config.websocket.port}/"
+    return f"http://{url_host(config.websocket.host)}:{config.websocket.port}/"
+
+
+def _stream_url(
+    config: Config, args: argparse.Namespace, *, types: str | None = None, token: str | None = None
+) -> str:
+    """The WebSocket URL of ``watch`` and ``confirm``: ``--url`` (its path and query
+    kept) or the config's address, as :func:`aaeventd.endpoints.websocket_url` makes it.
+
+    Raises:
+        CommandFailed: as :func:`_daemon_base`.
+    """
+    try:
+        return websocket_url(args.url or _daemon_base(config, args), types=types, token=token)
+    except ValueError as exc:
+        raise _bad_url(args.url) from exc
+
+
+def _bad_url(url: str) -> CommandFailed:
+    return CommandFailed(
+        f"--url must look like http://127.0.0.1:9876/ (or ws://...), got {url!r}", EXIT_USAGE
+    )
 
 
 def _ui_link(base: str, token: str | None) -> str:
@@ -835,8 +820,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
     config, _ = _load(args)
     # Only what tells whether we won (errors and heartbeat_ack are never filtered):
     # a busy stream must not pile up while a human reads the prompt.
-    args.types = "confirmation_answered"
-    url = _ws_url(config, args, None, None)
+    url = _stream_url(config, args, types="confirmation_answered", token=_read_token(config))
     shown = url.split("?")[0]
     try:
         with connect(

@@ -37,10 +37,11 @@ import json
 import logging
 import os
 import queue
+import random as _random
 import socket
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 # Limits
 DEFAULT_BUFFER_SIZE = 1000
 """Events kept while the daemon is unreachable (``buffer_size``)."""
+# The reconnect back-off: at once, then from RETRY_INITIAL_SECONDS doubling up to
+# RETRY_MAX_SECONDS, no jitter (a refused local connect costs the daemon nothing, and
+# every pause is outage the buffer must absorb).
 RETRY_INITIAL_SECONDS = 0.05
 RETRY_MAX_SECONDS = 2.0
 MAX_REPLY_BYTES = 16 << 20
@@ -117,15 +121,64 @@ class Answer:
     reason: str | None = None
 
 
-def default_socket_path(env: dict[str, str] | None = None) -> Path:
-    """Where the daemon listens by default (PROTOCOL §1), without reading config."""
-    env = dict(os.environ) if env is None else env
-    if env.get("AAEVENTD_SOCKET"):
-        return Path(env["AAEVENTD_SOCKET"])
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
+# -- copies of two shared rules --------------------------------------------------------
+#
+# This file stays one stdlib-only file that a source may vendor, so it keeps its own
+# copy of these two functions instead of importing them; tests/test_endpoints.py and
+# tests/test_backoff.py hold each copy to the one the rest of aaeventd uses
+# (aaeventd.endpoints.socket_path, aaeventd.backoff.backoff).
+
+
+def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon listens when nothing else says (PROTOCOL §1), without config.
+
+    ``$AAEVENTD_SOCKET`` when set; else ``$XDG_RUNTIME_DIR/aaeventd/events.sock``
+    (an absolute ``XDG_RUNTIME_DIR``); else ``/tmp/aaeventd-$UID/events.sock``.
+    ``$RUNTIME_DIRECTORY`` is not read: in a program that connects it names that
+    program's own systemd unit's directory, not the daemon's.
+
+    Args:
+        env: the environment to read; ``None`` means :data:`os.environ`.
+    """
+    env = os.environ if env is None else env
+    named = env.get("AAEVENTD_SOCKET", "")
+    if named:
+        return Path(named)
+    runtime = env.get("XDG_RUNTIME_DIR", "").split(":", 1)[0]
+    if os.path.isabs(runtime):
         return Path(runtime) / "aaeventd" / "events.sock"
-    return Path(f"/tmp/aaeventd-{os.getuid()}/events.sock")
+    return Path(f"/tmp/aaeventd-{os.getuid()}") / "events.sock"
+
+
+def _backoff(
+    initial_delay: float,
+    min_delay: float,
+    max_delay: float,
+    factor: float,
+    jitter: float,
+    *,
+    random: Callable[[], float] | None = None,
+) -> Iterator[float]:
+    """The pauses before each reconnection attempt (see :mod:`aaeventd.backoff`)."""
+    if not (initial_delay >= 0 and 0 < min_delay <= max_delay and factor > 1):
+        raise ValueError(
+            f"backoff needs 0 <= initial_delay, 0 < min_delay <= max_delay and factor > 1, "
+            f"got {initial_delay}, {min_delay}, {max_delay}, {factor}"
+        )
+    if not 0 <= jitter < 1:
+        raise ValueError(f"backoff jitter must be in [0, 1), got {jitter}")
+    rand = _random.random if random is None else random
+
+    # A generator inside, so that bad numbers raise here and not at the first next().
+    def delays() -> Iterator[float]:
+        yield rand() * initial_delay
+        delay = min_delay
+        while True:
+            spread = 1 + jitter * (2 * rand() - 1) if jitter else 1.0
+            yield min(delay, max_delay) * spread
+            delay *= factor
+
+    return delays()
 
 
 # -- the sans-I/O core shared by both classes -----------------------------------------
@@ -427,6 +480,8 @@ class _SourceBase:
         retry_initial: float = RETRY_INITIAL_SECONDS,
         retry_max: float = RETRY_MAX_SECONDS,
     ) -> None:
+        if not 0 < retry_initial <= retry_max:
+            raise ValueError("retry_initial must be above 0 and at most retry_max")
         self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
         self.name = name
         self.timeout = timeout
@@ -441,6 +496,10 @@ class _SourceBase:
     def _init_io(self) -> None:
         """The twin's own locks, connection and queues."""
         raise NotImplementedError
+
+    def _delays(self) -> Iterator[float]:
+        """The pauses before each reconnection attempt: the first is 0 (at once)."""
+        return _backoff(0.0, self.retry_initial, self.retry_max, 2.0, 0.0)
 
     @property
     def dropped(self) -> int:
@@ -466,8 +525,8 @@ class EventSource(_SourceBase):
         buffer_size: events kept while the daemon is unreachable.
         overflow: past ``buffer_size``, ``"drop_oldest"`` (counted in :attr:`dropped`,
             logged) or ``"raise"`` (:class:`BufferFull` from ``emit``).
-        retry_initial, retry_max: the reconnect back-off, doubling from the first to
-            the second (seconds).
+        retry_initial, retry_max: the reconnect back-off: the first attempt at once,
+            then pauses doubling from the first to the second (seconds).
     """
 
     def _init_io(self) -> None:
@@ -803,7 +862,8 @@ class EventSource(_SourceBase):
         thread.start()
 
     def _supervise(self) -> None:
-        delay = self.retry_initial
+        delays = self._delays()
+        delay = next(delays)
         try:
             while True:
                 with self._state:
@@ -812,19 +872,20 @@ class EventSource(_SourceBase):
                     if self._closed or self._conn is not None:
                         self._supervisor = None
                         return
+                if delay and self._closing.wait(delay):
+                    continue
                 with self._send_lock:
                     with self._state:
                         if self._closed or self._conn is not None:
                             continue
                     try:
                         self._connect_locked()
-                        delay = self.retry_initial
+                        delays = self._delays()
+                        delay = next(delays)
                         continue
                     except SourceError as exc:
+                        delay = next(delays)
                         _log_retry(exc, delay)
-                if self._closing.wait(delay):
-                    continue
-                delay = min(delay * 2, self.retry_max)
         finally:
             with self._state:
                 if self._supervisor is threading.current_thread():
@@ -1169,21 +1230,26 @@ class AsyncEventSource(_SourceBase):
         task.add_done_callback(self._tasks.discard)
 
     async def _supervise(self) -> None:
-        delay = self.retry_initial
+        delays = self._delays()
+        delay = next(delays)
         try:
             while not self._closed and self._conn is None:
+                if delay:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), delay)
+                    if self._closed or self._conn is not None:
+                        break
                 try:
                     async with self._send_lock:
                         if self._closed or self._conn is not None:
                             break
                         await self._connect_locked()
-                    delay = self.retry_initial
+                    delays = self._delays()
+                    delay = next(delays)
                     continue
                 except SourceError as exc:
+                    delay = next(delays)
                     _log_retry(exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
-                delay = min(delay * 2, self.retry_max)
         finally:
             # No await between the loop's last check and here: a loss after this
             # finds no supervisor and starts a new one.

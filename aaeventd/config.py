@@ -45,6 +45,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from aaeventd.endpoints import socket_path
 from aaeventd.errors import ConfigError
 
 __all__ = [
@@ -512,30 +513,33 @@ def _describe(value: object) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_socket_path(cfg: Config, env: Mapping[str, str] | None = None) -> Path:
-    """Where the Unix socket for sources lives.
+def resolve_socket_path(
+    cfg: Config, env: Mapping[str, str] | None = None, *, connecting: bool = False
+) -> Path:
+    """Where the Unix socket for sources lives (the rule is :func:`aaeventd.endpoints.socket_path`).
 
-    In order: ``sources.socket_path`` (``~`` expanded); ``$RUNTIME_DIRECTORY/events.sock``
-    when systemd's ``RuntimeDirectory=`` sets ``RUNTIME_DIRECTORY`` (the first path if it
-    lists several; for ``RuntimeDirectory=aaeventd`` in a user unit this is the same
-    file as the next rule, and it follows the unit when the unit says otherwise);
+    For the daemon, in order: ``sources.socket_path`` (``~`` expanded);
+    ``$RUNTIME_DIRECTORY/events.sock`` when systemd's ``RuntimeDirectory=`` sets
+    ``RUNTIME_DIRECTORY`` (the first path if it lists several; for
+    ``RuntimeDirectory=aaeventd`` in a user unit this is the same file as the next
+    rule, and it follows the unit when the unit says otherwise);
     ``$XDG_RUNTIME_DIR/aaeventd/events.sock``; ``/tmp/aaeventd-$UID/events.sock``.
     Empty or relative environment values are ignored.
 
     Args:
         cfg: the config.
         env: the environment to read; ``None`` means :data:`os.environ`.
+        connecting: for a program that connects to the daemon (``aaeventd emit``):
+            ``$AAEVENTD_SOCKET`` comes first, and ``RUNTIME_DIRECTORY`` (that of the
+            program's own unit) is not read.
     """
     env = os.environ if env is None else env
-    if cfg.sources.socket_path is not None:
-        return Path(_expand(cfg.sources.socket_path, env))
-    runtime = _env_dir(env, "RUNTIME_DIRECTORY")
-    if runtime is not None:
-        return runtime / "events.sock"
-    xdg_runtime = _env_dir(env, "XDG_RUNTIME_DIR")
-    if xdg_runtime is not None:
-        return xdg_runtime / "aaeventd" / "events.sock"
-    return Path(f"/tmp/aaeventd-{os.getuid()}") / "events.sock"
+    configured = cfg.sources.socket_path
+    return socket_path(
+        env,
+        connecting=connecting,
+        configured=None if configured is None else Path(_expand(configured, env)),
+    )
 
 
 def resolve_journal_dir(cfg: Config, env: Mapping[str, str] | None = None) -> Path:

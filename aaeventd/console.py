@@ -428,6 +428,21 @@ class LiveView:
             skill_name=_str(frame.get("skill_name")),
         )
 
+    def running_skills(self) -> list[dict[str, Any]]:
+        """The skills it tracks, oldest start first, as ``running_skills`` entries of
+        the ``connected`` frame (the fields both keep; idle ones included)."""
+        return [
+            {
+                "skill_id": s.skill_id,
+                "session_id": s.session_id,
+                "skill_name": s.skill_name,
+                "total_steps": s.total_steps,
+                "current_step": s.step_index,
+                "current_step_name": s.step_name,
+            }
+            for s in self._skills.values()
+        ]
+
     def _find_skill(self, event: dict[str, Any]) -> _Skill | None:
         return find_skill(self._skills.values(), event)
 

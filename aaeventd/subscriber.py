@@ -13,7 +13,12 @@ Example::
         for frame in sub:
             print(frame["type"], frame.get("seq"))
 
-Only the standard library and ``websockets`` are used; nothing of the daemon.
+``url`` may be the daemon's ``http://`` address too (the link ``aaeventd ui``
+prints): :func:`aaeventd.endpoints.websocket_url` builds the stream's URL.  Pauses
+between reconnection attempts follow :func:`aaeventd.backoff.backoff`.
+
+Only the standard library, ``websockets`` and aaeventd's stdlib-only ``endpoints``
+and ``backoff`` modules are used; nothing of the daemon.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlencode
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+
+from aaeventd.backoff import WATCH_INITIAL_DELAY, WATCH_MAX_DELAY, WATCH_MIN_DELAY, backoff
+from aaeventd.endpoints import websocket_url
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +51,20 @@ class Subscriber:
     """A reconnecting, resuming WebSocket client.
 
     Args:
-        url: the daemon's WebSocket URL, e.g. ``ws://127.0.0.1:9876/`` (no query).
+        url: the daemon's address, ``ws://127.0.0.1:9876/`` or ``http://...`` (a
+            ``?token=`` in it is kept).
         types: comma-separated type globs (``skill_*,heal_*``); ``None`` for all.
         since: replay every event after this seq on the first connection too.
         token: sent as ``?token=`` when the daemon requires one.
         open_timeout: seconds for one connection attempt.
-        max_backoff: the longest pause between reconnection attempts (it doubles
-            from 0.2 s).
+        max_backoff: the longest pause between reconnection attempts (before
+            jitter; the rest of the policy is :mod:`aaeventd.backoff`'s ``WATCH_*``).
         on_disconnect: called with the exception each time the connection drops.
         sleep: how to spend a back-off pause (a live display redraws meanwhile).
+
+    Raises:
+        ValueError: ``url`` is not an ``http``, ``https``, ``ws`` or ``wss`` URL, or
+            ``max_backoff`` is not above 0.
     """
 
     def __init__(
@@ -63,11 +75,11 @@ class Subscriber:
         since: int | None = None,
         token: str | None = None,
         open_timeout: float = 5.0,
-        max_backoff: float = 5.0,
+        max_backoff: float = WATCH_MAX_DELAY,
         on_disconnect: Callable[[BaseException], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.base_url = url
+        self.base_url = websocket_url(url)
         self.types = types
         self.last_seq = since
         self.epoch: str | None = None
@@ -80,7 +92,7 @@ class Subscriber:
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
         self._ever_connected = False
-        self._backoff = 0.2
+        self._delays = self._new_delays()
 
     # -- connection --------------------------------------------------------------
 
@@ -91,19 +103,13 @@ class Subscriber:
 
     def url(self) -> str:
         """The URL of the next connection, with the resume point."""
-        params: dict[str, str] = {}
-        if self.types:
-            params["types"] = self.types
-        if self.last_seq is not None:
-            params["since"] = str(self.last_seq)
-        if self.epoch is not None:
-            params["epoch"] = self.epoch
-        if self.token is not None:
-            params["token"] = self.token
-        if not params:
-            return self.base_url
-        joiner = "&" if "?" in self.base_url else "?"
-        return self.base_url + joiner + urlencode(params)
+        return websocket_url(
+            self.base_url,
+            types=self.types or None,
+            since=self.last_seq,
+            epoch=self.epoch,
+            token=self.token,
+        )
 
     def _connect(self) -> ClientConnection:
         """Connect (retrying with back-off once a first connection has worked).
@@ -134,12 +140,15 @@ class Subscriber:
             if self._ever_connected:
                 self.reconnects += 1
             self._ever_connected = True
-            self._backoff = 0.2
+            self._delays = self._new_delays()
             return ws
 
+    def _new_delays(self) -> Iterator[float]:
+        cap = self.max_backoff
+        return backoff(min(WATCH_INITIAL_DELAY, cap), min(WATCH_MIN_DELAY, cap), cap)
+
     def _pause(self) -> None:
-        self._sleep(self._backoff)  # back-off between attempts, not synchronisation
-        self._backoff = min(self._backoff * 2, self.max_backoff)
+        self._sleep(next(self._delays))  # back-off between attempts, not synchronisation
 
     def close(self) -> None:
         """Close the connection (the subscriber can be used again: it reconnects)."""

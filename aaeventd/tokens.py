@@ -1,7 +1,9 @@
-"""The optional client token (``auth.token_file``, PROTOCOL §2.4).
+"""The optional client token (``auth.token_file``, PROTOCOL §2.4): the one reader.
 
-Reads the file's first line (whitespace stripped), or creates the file ``0600``
-with a random token when it is missing.  The token itself is never logged.
+The token is the file's first line, whitespace stripped.  The daemon reads it with
+:func:`load_or_create_token` (which creates the file ``0600`` with a random token
+when it is missing); the CLI with :func:`read_token` (which never creates it).  The
+token itself is never logged.
 """
 
 from __future__ import annotations
@@ -17,6 +19,22 @@ from aaeventd.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def read_token(path: Path) -> str | None:
+    """The token in ``path``, as a program that connects reads it.
+
+    Returns:
+        ``None`` when the file does not exist (yet: the daemon creates it when it
+        starts) or its first line is empty.
+
+    Raises:
+        ConfigError: the file exists but cannot be read.
+    """
+    found = _read(path)
+    if found is None:
+        return None
+    return found[0] or None
+
+
 def load_or_create_token(path: Path) -> str:
     """The token in ``path``; a new 32-byte random one when the file is missing.
 
@@ -26,14 +44,10 @@ def load_or_create_token(path: Path) -> str:
         ConfigError: the file exists but cannot be read or its first line is empty,
             or it is missing and cannot be created.
     """
-    try:
-        with path.open(encoding="utf-8") as fh:
-            token = fh.readline().strip()
-            mode = os.fstat(fh.fileno()).st_mode
-    except FileNotFoundError:
+    found = _read(path)
+    if found is None:
         return _create(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("auth.token_file", f"cannot read {path}: {exc}") from exc
+    token, mode = found
     if not token:
         raise ConfigError("auth.token_file", f"{path} has an empty first line")
     if mode & 0o077:
@@ -43,6 +57,21 @@ def load_or_create_token(path: Path) -> str:
             stat.S_IMODE(mode),
         )
     return token
+
+
+def _read(path: Path) -> tuple[str, int] | None:
+    """(the first line stripped, the file's mode), or ``None`` when there is no file.
+
+    Raises:
+        ConfigError: the file exists but cannot be read (or is not UTF-8).
+    """
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readline().strip(), os.fstat(fh.fileno()).st_mode
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("auth.token_file", f"cannot read {path}: {exc}") from exc
 
 
 def _create(path: Path) -> str:

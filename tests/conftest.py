@@ -21,7 +21,13 @@ def tmp() -> Iterator[Path]:
 @pytest.fixture
 def private_env(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No user config, socket or token can leak into a test: private XDG dirs."""
-    for name in ("AAEVENTD_CONFIG", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "NOTIFY_SOCKET"):
+    for name in (
+        "AAEVENTD_CONFIG",
+        "AAEVENTD_SOCKET",
+        "RUNTIME_DIRECTORY",
+        "STATE_DIRECTORY",
+        "NOTIFY_SOCKET",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp / "run"))

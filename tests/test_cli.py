@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from aaeventd import __version__
 from aaeventd.cli import main
 from aaeventd.client import EventSource
 from aaeventd.config import Config
@@ -159,7 +160,7 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
 def test_version_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     """`aaeventd --version` prints the version and exits 0."""
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out == "aaeventd 0.1.0\n"
+    assert capsys.readouterr().out == f"aaeventd {__version__}\n"
 
 
 @pytest.mark.parametrize(

@@ -769,7 +769,7 @@ def test_format_health_lines() -> None:
     health = {
         "zeta_extra": 1,
         "status": "ok",
-        "version": "0.1.0",
+        "version": "1.2.3",
         "uptime_seconds": 3725.25,
         "seq": 41,
         "socket_path": "/run/x.sock",
@@ -777,7 +777,7 @@ def test_format_health_lines() -> None:
     }
     assert format_health(health, "http://127.0.0.1:1/") == [
         "status:     ok",
-        "version:    0.1.0",
+        "version:    1.2.3",
         "uptime:     1h 02m 05s",
         "seq:        41",
         "socket:     /run/x.sock",

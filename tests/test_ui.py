@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -23,13 +24,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from aaeventd.backoff import backoff
 from tests.support import (
     REPO,
     TIMEOUT,
@@ -70,7 +72,14 @@ pytestmark = [
 ]
 
 if MISSING is None:
-    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        Page,
+        WebSocketRoute,
+        expect,
+        sync_playwright,
+    )
 
     expect.set_options(timeout=TIMEOUT * 1000)
 
@@ -190,11 +199,20 @@ def source(path: Path) -> Iterator[RawSource]:
 class Ui:
     """One page of the UI and every console problem it reported."""
 
-    def __init__(self, context: BrowserContext, port: int, query: str = "") -> None:
+    def __init__(
+        self,
+        context: BrowserContext,
+        port: int,
+        query: str = "",
+        *,
+        setup: Callable[[Page], None] | None = None,
+    ) -> None:
         self.page: Page = context.new_page()
         self.problems: list[str] = []
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.problems.append(f"pageerror: {exc}"))
+        if setup is not None:
+            setup(self.page)  # before the page loads: routes, init scripts
         self.page.goto(f"http://127.0.0.1:{port}/{query}")
         self.expect_live()
 
@@ -730,3 +748,107 @@ def run_demo(src: RawSource, tag: str) -> None:
         }
     )
     assert ack["type"] == "ack", ack
+
+
+# -- the rules the page shares with the daemon -------------------------------------
+
+SKILL_RULES = REPO / "tests" / "fixtures" / "running_skills.json"
+APP_JS = REPO / "aaeventd" / "static" / "app.js"
+
+# What a skill card shows: its key, its label, its step line (the ✓ is status, not a
+# rule) and the bar's total.
+CARDS_JS = """els => els
+  .filter(e => !e.classList.contains("is-finishing"))
+  .map(e => ({
+    key: e.dataset.testid.slice("skill-".length),
+    label: e.querySelector('[data-testid="skill-name"]').textContent,
+    step: e.querySelector('[data-testid="step-text"]').textContent.replace(/ ✓$/, ""),
+    total: e.querySelector('[data-testid="progress"]').getAttribute("aria-valuemax"),
+  }))"""
+
+
+def card_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the card of a ``running_skills`` entry must show (the page's renderSkill)."""
+    key = next(entry[k] for k in ("skill_id", "session_id", "skill_name") if entry[k])
+    label = entry["skill_name"] or entry["skill_id"] or entry["session_id"] or key
+    total, current, name = entry["total_steps"], entry["current_step"], entry["current_step_name"]
+    if current is None:
+        step = "Starting…"
+    else:
+        step = f"Step {current + 1}" + (f" of {total}" if total is not None else "")
+        step += f" · {name}" if name else ""
+    return {"key": key, "label": label, "step": step, "total": str(total) if total else None}
+
+
+def test_page_follows_the_running_skill_fixture(tmp: Path, context: BrowserContext) -> None:
+    """Each fixture sequence, fed to the page as the daemon's frames, leaves the cards of
+    the fixture's running skills; so does the same list sent as a snapshot."""
+    cases = json.loads(SKILL_RULES.read_text(encoding="utf-8"))["cases"]
+    sockets: list[WebSocketRoute] = []
+
+    def play_daemon(page: Page) -> None:
+        # The page's WebSocket talks to this test instead of the daemon.
+        page.route_web_socket(re.compile(r"/ws(\?|$)"), on_socket)
+
+    def on_socket(ws: WebSocketRoute) -> None:
+        sockets.append(ws)
+        ws.send(json.dumps(frame("start", 0, [])))
+
+    def frame(epoch: str, seq: int, running: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "type": "connected",
+            "server": "aaeventd",
+            "epoch": epoch,
+            "seq": seq,
+            "running_skills": running,
+            "pending_confirmations": [],
+        }
+
+    with daemon(tmp) as d:
+        ui = Ui(context, d.port, setup=play_daemon)
+        (ws,) = sockets
+        cards = ui.by("skills").locator("li.skill")
+        mismatches = []
+        for number, case in enumerate(cases):
+            base = 1000 * (number + 1)
+            # A new epoch resets the page (skills, seq); then the case's events.
+            ws.send(json.dumps(frame(f"live-{number}", base, [])))
+            for offset, event in enumerate(case["events"], start=1):
+                ws.send(json.dumps({**event, "seq": base + offset}))
+            expect(ui.by("last-seq")).to_have_text(str(base + len(case["events"])))
+            live = cards.evaluate_all(CARDS_JS)
+            ws.send(json.dumps(frame(f"clear-{number}", base + 400, [])))
+            snapshot = [{**e, "status": "running"} for e in case["running"]]
+            ws.send(json.dumps(frame(f"snapshot-{number}", base + 500, snapshot)))
+            expect(ui.by("last-seq")).to_have_text(str(base + 500))
+            rebuilt = cards.evaluate_all(CARDS_JS)
+            expected = [card_of(entry) for entry in case["running"]]
+            if (live, rebuilt) != (expected, expected):
+                mismatches.append((case["name"], live, rebuilt, expected))
+        ui.assert_clean()
+    assert mismatches == [], f"{len(mismatches)} of {len(cases)} cases differ: {mismatches}"
+
+
+def test_page_backoff_is_the_watch_policy(context: BrowserContext) -> None:
+    """app.js's backoff() (run in Chromium) gives aaeventd.backoff's WATCH pauses, in ms."""
+    text = APP_JS.read_text(encoding="utf-8")
+    policy = re.search(r"^const BACKOFF = \{.*?\};$", text, re.M)
+    generator = re.search(r"^function\* backoff\(.*?^\}$", text, re.M | re.S)
+    assert policy is not None
+    assert generator is not None
+    randoms = [0.9, 0.0, 0.3, 0.5, 0.999, 0.1, 0.7, 0.25, 0.6, 0.05, 0.45, 0.8]
+    script = f"""randoms => {{
+      {policy[0]}
+      {generator[0]}
+      let i = 0;
+      const pauses = backoff(BACKOFF, () => randoms[i++]);
+      return randoms.map(() => pauses.next().value);
+    }}"""
+    page = context.new_page()  # about:blank: nothing else runs
+    try:
+        got = page.evaluate(script, randoms)
+    finally:
+        page.close()
+    shared = itertools.islice(backoff(random=iter(randoms).__next__), len(randoms))
+    expected = [1000 * pause for pause in shared]
+    assert got == pytest.approx(expected), f"app.js {got} vs aaeventd.backoff {expected}"

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
+from aaeventd import __version__
 from aaeventd.app import Daemon
 from aaeventd.web import AccessSettings, host_is_loopback, origin_allowed
 from tests.support import (
@@ -551,7 +552,7 @@ def test_healthz_reports_state() -> None:
                 assert isinstance(uptime, int | float)
                 assert uptime >= 0
                 assert obj["status"] == "ok"
-                assert obj["version"] == "0.1.0"
+                assert obj["version"] == __version__
                 assert obj["epoch"] == d.hub.epoch
                 assert obj["seq"] == 3
                 assert obj["clients"] == 1

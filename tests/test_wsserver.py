@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from aaeventd import __version__
 from aaeventd.app import Daemon
 from tests.support import (
     TIMEOUT,
@@ -108,7 +109,7 @@ def test_connected_is_first_frame(path: str) -> None:
                 assert first == {
                     "type": "connected",
                     "server": "aaeventd",
-                    "version": "0.1.0",
+                    "version": __version__,
                     "epoch": d.hub.epoch,
                     "seq": 3,
                     "running_skills": [],

@@ -18,8 +18,10 @@ const TOASTS_MAX = 5;
 const TOAST_MS = 8000;
 const RESOLVED_LINGER_MS = 2500; // answered/expired dialogs stay this long
 const FINISHED_LINGER_MS = 2500; // finished skill cards fade out over this long
-const BACKOFF_FIRST_MS = 250;
-const BACKOFF_MAX_MS = 5000;
+// Reconnecting: the policy of every WebSocket watcher, WATCH_* in aaeventd/backoff.py
+// (tests/test_ui.py runs backoff() below against that module's).  The first pause is
+// random below 250 ms, then 250 ms doubling up to 5 s, each scaled by 0.8 to 1.2.
+const BACKOFF = { initialMs: 250, minMs: 250, maxMs: 5000, factor: 2, jitter: 0.2 };
 const HEARTBEAT_EVERY_MS = 25000;
 const HEARTBEAT_GRACE_MS = 10000;
 
@@ -137,7 +139,7 @@ const state = {
   epoch: null,
   lastSeq: null,
   snapshotSeq: 0,
-  attempts: 0,
+  delays: null, // backoff(), new after each connection
   retryAt: 0,
   retryTimer: null,
   heartbeatTimer: null,
@@ -203,10 +205,20 @@ function connect() {
   });
 }
 
+/** The pauses (ms) before each reconnection attempt: aaeventd/backoff.py's backoff(). */
+function* backoff(policy = BACKOFF, random = Math.random) {
+  yield random() * policy.initialMs;
+  let delay = policy.minMs;
+  for (;;) {
+    const spread = policy.jitter ? 1 + policy.jitter * (2 * random() - 1) : 1;
+    yield Math.min(delay, policy.maxMs) * spread;
+    delay *= policy.factor;
+  }
+}
+
 function scheduleReconnect() {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempts);
-  const delay = Math.round(base * (0.8 + Math.random() * 0.4));
-  state.attempts += 1;
+  if (state.delays === null) state.delays = backoff();
+  const delay = Math.round(state.delays.next().value);
   state.retryAt = performance.now() + delay;
   state.retryTimer = setTimeout(connect, delay);
   updateRetryText();
@@ -291,7 +303,7 @@ function onConnected(msg) {
   state.snapshotSeq = seq;
   state.connectedOnce = true;
   ui.version.textContent = isStr(msg.version) ? `v${text(msg.version, 20)}` : "";
-  state.attempts = 0;
+  state.delays = null;
   ui.reconnectNow.hidden = true;
   setConn("live", "Live");
   showSeq();
@@ -415,16 +427,18 @@ function stepEvent(type, ev) {
   const rec = findSkill(ev);
   if (!rec) return; // not a running skill (PROTOCOL §2.1): the log still shows it
   if (isInt(ev.total_steps)) rec.total = ev.total_steps;
-  const index = isInt(ev.step_index) ? ev.step_index : rec.current;
-  if (isStr(ev.step_name)) rec.stepName = ev.step_name;
-  rec.current = index;
+  const index = isInt(ev.step_index) ? ev.step_index : null;
   if (type === "step_started") {
+    // The current step is the latest step_started's (PROTOCOL §2.1), as in the
+    // daemon's snapshot: a reconnect must not change what the card says.
+    rec.current = index;
+    rec.stepName = isStr(ev.step_name) ? ev.step_name : null;
     rec.done = Math.max(rec.done, index ?? 0);
     rec.stepOk = null;
     rec.error = null;
   } else if (type === "step_completed") {
     rec.done = Math.max(rec.done, (index ?? -1) + 1);
-    rec.stepOk = true;
+    if (index === rec.current) rec.stepOk = true;
   } else {
     rec.stepOk = false;
     rec.error = text(ev.error, 300) || "step failed";
@@ -1147,7 +1161,7 @@ function init() {
     ui.gap.hidden = true;
   });
   ui.reconnectNow.addEventListener("click", () => {
-    state.attempts = 0;
+    state.delays = null;
     connect();
   });
   document.addEventListener("keydown", (ev) => {
