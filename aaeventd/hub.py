@@ -23,7 +23,7 @@ import itertools
 import json
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from aaeventd import SERVER_NAME, __version__
 from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import KNOWN_TYPES, ConfirmationResponse, normalize_confirmation
-from aaeventd.protocol.skills import find_skill, skill_key
+from aaeventd.protocol.skills import CUT_MARK, event_refs, find_skill, shown_name, skill_key
 
 # Running skills (PROTOCOL §2.1): bounded by count and by idleness.
 MAX_RUNNING_SKILLS = 100
@@ -48,8 +48,6 @@ CONNECTED_MAX_BYTES = 1 << 20
 # else bounds.  With the default confirmations.max_pending the last one always fits,
 # even when every character is escaped to six bytes (tests/test_hub.py checks it).
 SNAPSHOT_CUTS = (4096, 2048, 1024, 512, 256, 128, 64, 32, 16)
-# The last character of a cut string.
-CUT_MARK = "\u2026"
 # The snapshot fields whose text may be cut.  `id` and `options` never are: a client
 # answers with them; §3.7 and the id's own bound keep them small.
 _SKILL_TEXT = ("skill_id", "skill_name", "session_id", "current_step_name")
@@ -193,9 +191,9 @@ class RunningSkill:
     def snapshot(self, cut: int | None = None) -> dict[str, Any]:
         """The entry, its source-chosen text cut to ``cut`` characters (None: whole)."""
         entry = {
-            "skill_id": self.skill_id,
-            "skill_name": self.skill_name,
-            "session_id": self.session_id,
+            "skill_id": shown_name(self.skill_id),
+            "skill_name": shown_name(self.skill_name),
+            "session_id": shown_name(self.session_id),
             "total_steps": self.total_steps,
             "current_step": self.current_step,
             "current_step_name": self.current_step_name,
@@ -467,7 +465,7 @@ class Hub:
         if event_type == "skill_started":
             self._skill_started(event, wall, now)
             return
-        skill = self._find_skill(event)
+        skill = self._find_skill(event_refs(event))
         if skill is None:
             return
         if event_type not in _STEP_TYPES and event_type not in _SKILL_END_TYPES:
@@ -487,15 +485,17 @@ class Hub:
             skill.changed()
 
     def _skill_started(self, event: dict[str, Any], wall: float, now: float) -> None:
-        key = skill_key(event)
+        # Kept as refs: a name as long as a line costs no more than NAME_KEEP_CHARS here.
+        refs = event_refs(event)
+        key = skill_key(refs)
         if key is None:  # pragma: no cover - validation requires skill_name
             return
         self._skills.pop(key, None)
         self._skills[key] = RunningSkill(
             key=key,
-            skill_id=_str_or_none(event.get("skill_id")),
-            session_id=_str_or_none(event.get("session_id")),
-            skill_name=_str_or_none(event.get("skill_name")),
+            skill_id=_str_or_none(refs.get("skill_id")),
+            session_id=_str_or_none(refs.get("session_id")),
+            skill_name=_str_or_none(refs.get("skill_name")),
             total_steps=event.get("total_steps"),
             current_step=None,
             current_step_name=None,
@@ -505,7 +505,7 @@ class Hub:
         while len(self._skills) > MAX_RUNNING_SKILLS:
             self._skills.popitem(last=False)
 
-    def _find_skill(self, event: dict[str, Any]) -> RunningSkill | None:
+    def _find_skill(self, event: Mapping[str, Any]) -> RunningSkill | None:
         if not self._skills:
             return None
         return find_skill(self._skills.values(), event)

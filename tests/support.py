@@ -9,11 +9,15 @@ websockets clients.  Waits have deadlines scaled by one factor
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import http.client
 import json
 import os
 import queue
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -349,3 +354,121 @@ def proc_status_bytes(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+# -- the daemon as a subprocess, and clients that never read ---------------------------
+
+KIB, MIB = 1 << 10, 1 << 20
+READY_RE = re.compile(r"clients on ws://\S+?:(\d+)/")
+
+
+@dataclass
+class DaemonProcess:
+    """``aaeventd run`` as a subprocess: its process, port and socket, and its views."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    socket_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def memory(self, field: str = "VmRSS") -> int:
+        return proc_status_bytes(self.proc.pid, field)
+
+    def get(self, path: str) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", path, headers={"Host": "localhost"})
+            response = conn.getresponse()
+            body = response.read().decode()
+            assert response.status == 200, (response.status, body, self.log()[-3000:])
+            return body
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> str:
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(f"aaeventd_{name} "):
+                return line.split(" ", 1)[1]
+        raise AssertionError(f"aaeventd_{name} not in /metrics")
+
+    def client_count(self) -> int:
+        count = json.loads(self.get("/healthz"))["clients"]
+        assert isinstance(count, int)
+        return count
+
+    def log(self) -> str:
+        return "".join(stderr_lines(self.proc).lines)
+
+
+@contextlib.contextmanager
+def daemon_process(**sections: dict[str, Any]) -> Iterator[DaemonProcess]:
+    """``aaeventd run`` with a private socket, journal and port; ``sections`` override."""
+    with short_tmpdir() as tmp:
+        config: dict[str, Any] = {
+            "sources": {"socket_path": str(tmp / "ev.sock")},
+            "websocket": {"port": 0, "ping_interval_seconds": None},
+            "journal": {"directory": str(tmp / "journal")},
+        }
+        for name, values in sections.items():
+            config.setdefault(name, {}).update(values)
+        path = tmp / "config.yaml"
+        path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+        proc = subprocess.Popen(
+            aaeventd_cmd("run", "--config", str(path)),
+            env=subprocess_env(tmp),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            match = READY_RE.search(wait_for_line(proc, " ready: "))
+            assert match is not None
+            yield DaemonProcess(proc, int(match.group(1)), tmp / "ev.sock")
+        finally:
+            reap(proc)
+
+
+def non_reader(port: int, query: str = "") -> socket.socket:
+    """A WebSocket client that completes the opening handshake and then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # Before connect: a small, fixed window (no autotuning) for the whole connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = "/" + (f"?{query}" if query else "")
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while not response.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)  # one at a time: the frames after it stay unread
+            assert byte, f"closed during the handshake: {response!r}"
+            response += byte
+        assert response.startswith(b"HTTP/1.1 101 "), response
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def wait_for_clients(d: DaemonProcess, count: int) -> None:
+    """Until the daemon has registered ``count`` clients (each check is a real request)."""
+    async with asyncio.timeout(TIMEOUT):
+        while await asyncio.to_thread(d.client_count) != count:
+            pass
+
+
+def event_lines(first: int, count: int, size: int) -> bytes:
+    pad = "x" * size
+    return b"".join(
+        json.dumps({"type": "bulk", "n": n, "pad": pad}).encode() + b"\n"
+        for n in range(first, first + count)
+    )

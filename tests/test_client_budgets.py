@@ -15,18 +15,10 @@ buffers cannot hide the backlog the daemon keeps.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import http.client
 import json
-import os
-import re
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +26,23 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support import (
+    KIB,
+    MIB,
     TIMEOUT,
+    DaemonProcess,
     Source,
-    aaeventd_cmd,
+    daemon_process,
+    event_lines,
     make_config,
-    proc_status_bytes,
-    reap,
+    non_reader,
     recv_json,
     run,
     running_daemon,
     short_tmpdir,
     stderr_lines,
-    subprocess_env,
+    wait_for_clients,
     wait_for_line,
 )
-
-KIB, MIB = 1 << 10, 1 << 20
 
 # What the daemon may grow by besides the buffers the config bounds: the allocator's
 # arenas and the freed blocks it keeps, one read batch of events joined for the
@@ -63,121 +56,7 @@ ALLOWANCE = 8 * MIB
 HEARTBEAT_LIMIT = 1.0
 STOP_LIMIT = 5.0
 
-READY_RE = re.compile(r"clients on ws://\S+?:(\d+)/")
 HELLO = {"type": "hello", "name": "budgets", "acks": True}
-
-
-# -- the daemon as a subprocess ---------------------------------------------------------
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[str]
-    port: int
-    socket_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    def memory(self, field: str = "VmRSS") -> int:
-        return proc_status_bytes(self.proc.pid, field)
-
-    def get(self, path: str) -> str:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
-        try:
-            conn.request("GET", path, headers={"Host": "localhost"})
-            response = conn.getresponse()
-            body = response.read().decode()
-            assert response.status == 200, (response.status, body, self.log()[-3000:])
-            return body
-        finally:
-            conn.close()
-
-    def metric(self, name: str) -> str:
-        for line in self.get("/metrics").splitlines():
-            if line.startswith(f"aaeventd_{name} "):
-                return line.split(" ", 1)[1]
-        raise AssertionError(f"aaeventd_{name} not in /metrics")
-
-    def client_count(self) -> int:
-        count = json.loads(self.get("/healthz"))["clients"]
-        assert isinstance(count, int)
-        return count
-
-    def log(self) -> str:
-        return "".join(stderr_lines(self.proc).lines)
-
-
-@contextlib.contextmanager
-def daemon_process(**sections: dict[str, Any]) -> Iterator[Daemon]:
-    """``aaeventd run`` with a private socket, journal and port; ``sections`` override."""
-    with short_tmpdir() as tmp:
-        config: dict[str, Any] = {
-            "sources": {"socket_path": str(tmp / "ev.sock")},
-            "websocket": {"port": 0, "ping_interval_seconds": None},
-            "journal": {"directory": str(tmp / "journal")},
-        }
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        path = tmp / "config.yaml"
-        path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-        proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(path)),
-            env=subprocess_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            match = READY_RE.search(wait_for_line(proc, " ready: "))
-            assert match is not None
-            yield Daemon(proc, int(match.group(1)), tmp / "ev.sock")
-        finally:
-            reap(proc)
-
-
-def non_reader(port: int, query: str = "") -> socket.socket:
-    """A WebSocket client that completes the opening handshake and then never reads."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        # Before connect: a small, fixed window (no autotuning) for the whole connection.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(TIMEOUT)
-        sock.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        target = "/" + (f"?{query}" if query else "")
-        sock.sendall(
-            f"GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        response = b""
-        while not response.endswith(b"\r\n\r\n"):
-            byte = sock.recv(1)  # one at a time: the frames after it stay unread
-            assert byte, f"closed during the handshake: {response!r}"
-            response += byte
-        assert response.startswith(b"HTTP/1.1 101 "), response
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def wait_for_clients(d: Daemon, count: int) -> None:
-    """Until the daemon has registered ``count`` clients (each check is a real request)."""
-    async with asyncio.timeout(TIMEOUT):
-        while await asyncio.to_thread(d.client_count) != count:
-            pass
-
-
-def event_lines(first: int, count: int, size: int) -> bytes:
-    pad = "x" * size
-    return b"".join(
-        json.dumps({"type": "bulk", "n": n, "pad": pad}).encode() + b"\n"
-        for n in range(first, first + count)
-    )
 
 
 async def emit(src: Source, first: int, count: int, size: int) -> None:
@@ -197,7 +76,7 @@ async def read_events(ws: ClientConnection, count: int) -> list[int]:
     return seqs
 
 
-def wait_for_slow_closes(d: Daemon, count: int) -> None:
+def wait_for_slow_closes(d: DaemonProcess, count: int) -> None:
     """Until ``count`` slow-consumer closes are logged (one WARNING line each)."""
     for _ in range(count):
         wait_for_line(d.proc, "closing slow consumer")
@@ -214,7 +93,7 @@ def test_clients_that_never_read_stay_within_the_global_budget() -> None:
     n_slow, total, chunk, size = 40, 2000, 50, 4 * KIB
     budget, per_client, ring = 4 * MIB, 1 * MIB, 1 * MIB
 
-    async def body(d: Daemon) -> tuple[int, int, list[int], list[float]]:
+    async def body(d: DaemonProcess) -> tuple[int, int, list[int], list[float]]:
         slow = [non_reader(d.port) for _ in range(n_slow)]
         try:
             async with connect(d.url, max_size=None, ping_interval=None) as healthy:
@@ -279,7 +158,7 @@ def test_replays_to_clients_that_do_not_read_hold_at_most_their_limit() -> None:
     n_slow, total, live, size = 5, 2000, 100, 4 * KIB
     per_client = 256 * KIB
 
-    async def body(d: Daemon) -> tuple[int, int, list[int]]:
+    async def body(d: DaemonProcess) -> tuple[int, int, list[int]]:
         src = await Source.connect(d.socket_path, hello=HELLO)
         async with src:
             for base in range(0, total, 100):
@@ -323,7 +202,7 @@ def test_replay_ring_is_bounded_by_bytes_and_the_journal_fills_in() -> None:
     order with no gap (what left the ring comes from the journal)."""
     total, size, ring = 1000, 16 * KIB, 2 * MIB
 
-    async def body(d: Daemon) -> tuple[int, int, list[dict[str, Any]]]:
+    async def body(d: DaemonProcess) -> tuple[int, int, list[dict[str, Any]]]:
         before = d.memory()
         src = await Source.connect(d.socket_path, hello=HELLO)
         async with src:
@@ -357,7 +236,7 @@ def test_sigterm_with_a_client_that_never_reads_exits_within_5_seconds() -> None
     reading client gets 1001, the journal is flushed and the daemon exits 0 within 5 s."""
     total, size = 250, 4 * KIB
 
-    async def body(d: Daemon) -> tuple[float, int, int | None]:
+    async def body(d: DaemonProcess) -> tuple[float, int, int | None]:
         slow = non_reader(d.port)
         try:
             async with connect(d.url, max_size=None, ping_interval=None) as ws:

@@ -25,6 +25,7 @@ from aaeventd.hub import (
 )
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import ConfirmationResponse
+from aaeventd.protocol.skills import NAME_KEEP_CHARS
 
 WALL = 1_770_201_000.123  # 2026-02-04T10:30:00.123Z
 
@@ -220,6 +221,34 @@ def test_at_most_100_running_skills_oldest_first_out() -> None:
     names = [s["skill_name"] for s in hub.running_skills(0)]
     assert len(names) == MAX_RUNNING_SKILLS
     assert names[0] == "s1"
+
+
+def test_long_skill_names_are_kept_as_bounded_refs_that_still_match() -> None:
+    """100 skills named by 1 MiB ids cost the hub at most 4,130 characters a name, yet
+    a step finds its skill, a long id sharing the start does not, and completion ends it."""
+    hub = Hub(epoch="e")
+    ids = [f"{i:07d}" + "i" * (1 << 20) for i in range(MAX_RUNNING_SKILLS)]
+    for skill_id in ids:
+        accept(hub, {"type": "skill_started", "skill_name": "s", "skill_id": skill_id})
+    kept = [len(s.skill_id or "") for s in hub._skills.values()]
+    keys = [len(k) for k in hub._skills]
+    assert max(kept + keys) <= NAME_KEEP_CHARS + 34, f"a name kept as {max(kept + keys)} chars"
+    target = ids[42]
+    accept(
+        hub,
+        {"type": "step_started", "skill_id": target, "step_name": "load", "step_index": 3},
+    )
+    # Same first 4,095 characters (and more), another id: no match, so no step recorded.
+    twin = target[:-1] + "y"
+    accept(hub, {"type": "step_started", "skill_id": twin, "step_name": "x", "step_index": 9})
+    snap = {s["skill_id"]: s for s in hub.running_skills(0)}
+    shown = target[: NAME_KEEP_CHARS - 1] + CUT_MARK
+    assert len(snap) == MAX_RUNNING_SKILLS  # every kept id shows as its own start + mark
+    assert snap[shown]["current_step"] == 3, snap[shown]
+    assert snap[shown]["current_step_name"] == "load"
+    accept(hub, {"type": "skill_completed", "skill_id": target})
+    assert len(hub.running_skills(0)) == MAX_RUNNING_SKILLS - 1
+    assert shown not in {s["skill_id"] for s in hub.running_skills(0)}
 
 
 # -- confirmations ----------------------------------------------------------------------

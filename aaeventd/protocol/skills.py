@@ -4,14 +4,27 @@ A skill is keyed by the ``skill_id`` of its ``skill_started``, else its
 ``session_id``, else its ``skill_name``.  A later event finds it by the first of
 those fields that it carries and that matches a running skill, the most recently
 started match winning.  Pure functions over any objects with those three attributes.
+
+Names are chosen by sources and may be as long as a line (``sources.max_line_bytes``).
+A holder that must bound its memory (the daemon keeps up to 100 running skills) keeps
+:func:`name_ref` of each name instead: the name itself when it has at most
+:data:`NAME_KEEP_CHARS` characters, else a fixed-size stand-in (its start, the cut
+mark, a digest of the whole) that only the same long name maps to.  Matching the
+refs of an event (:func:`event_refs`) against stored refs gives the same answers as
+matching the whole names.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Reversible
 from typing import Any, Protocol, TypeVar
 
 SKILL_KEYS = ("skill_id", "session_id", "skill_name")
+#: Names up to this many characters are kept whole; longer ones as a stand-in.
+NAME_KEEP_CHARS = 4096
+#: The mark that ends a name cut for showing.
+CUT_MARK = "\u2026"
 
 
 class NamedSkill(Protocol):
@@ -49,3 +62,31 @@ def find_skill(running: Reversible[S], event: Mapping[str, Any]) -> S | None:
             if getattr(skill, name) == value:
                 return skill
     return None
+
+
+def name_ref(value: str) -> str:
+    """``value`` if short, else ``start…#digest``: longer than any kept name, so no
+    short name can equal it, and fixed in size (:data:`NAME_KEEP_CHARS` + 34)."""
+    if len(value) <= NAME_KEEP_CHARS:
+        return value
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16)
+    return value[: NAME_KEEP_CHARS - 1] + CUT_MARK + "#" + digest.hexdigest()
+
+
+def shown_name(ref: str | None) -> str | None:
+    """The text to show for a ref: the name, or its start ending in the cut mark."""
+    if ref is None or len(ref) <= NAME_KEEP_CHARS:
+        return ref
+    return ref[:NAME_KEEP_CHARS]
+
+
+def event_refs(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``event`` with its skill names as :func:`name_ref` gives them (itself if all short)."""
+    for name in SKILL_KEYS:
+        value = event.get(name)
+        if isinstance(value, str) and len(value) > NAME_KEEP_CHARS:
+            return {
+                key: name_ref(v) if isinstance(v := event.get(key), str) else v
+                for key in SKILL_KEYS
+            }
+    return event
