@@ -4,19 +4,24 @@ Owns the start and stop order, the one ``asyncio.TaskGroup`` of background tasks
 (confirmation deadlines, journal fsync, watchdog, status), signals (SIGTERM/SIGINT
 stop, SIGHUP reload), and is the one place that executes the hub's effects: journal
 first, then the single INFO log line, the fan-out to clients, and the replies to
-sources.
+sources.  With ``journal.fsync: always`` it also runs the group commit (PROTOCOL §4):
+a written batch waits, fan-out and acks alike, for an fsync in a worker thread, and
+the batches written meanwhile share the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,13 @@ from aaeventd.config import (
 )
 from aaeventd.errors import ConfigError, StartupError
 from aaeventd.handshakes import AcceptExhaustion, HandshakeGuard, HandshakeSettings, raise_fd_limit
-from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, Stamped, ToSource
+from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, SourceId, Stamped, ToSource
 from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
-from aaeventd.journal import Journal, new_epoch
+from aaeventd.journal import Journal, fsync_fds, new_epoch
 from aaeventd.logsetup import configure_logging, log_batch, redact, redact_set
 from aaeventd.notify import Notifier, listen_fds
 from aaeventd.protocol.codec import encode_json, ws_text_frame
+from aaeventd.protocol.errors import ProtocolError
 from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseTimer, ResumeTimer
 from aaeventd.protocol.filters import TypeFilter
 from aaeventd.tokens import load_or_create_token
@@ -60,6 +66,9 @@ audit_log = logging.getLogger("aaeventd.audit")
 
 STATUS_MIN_INTERVAL = 1.0
 JOURNAL_SYNC_INTERVAL = 1.0
+# At stop, how long held batches may wait for their fsync (fsync: always) before they
+# are released unsynced: the stop stays within PROTOCOL §5's 5 seconds on a stuck disk.
+SHUTDOWN_SYNC_WAIT = 1.5
 
 
 @dataclass
@@ -69,6 +78,24 @@ class Counters:
     events_in: int = 0
     last_error: str | None = None
     started_wall: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A batch written to the journal and waiting for the fsync that covers it, or (with
+    ``reply``) a reply to ``source`` queued behind such a batch's acks.
+
+    ``sources``: the ids this entry counts for in ``Daemon._held_for``; ``clients``:
+    the clients whose answer is in ``batch`` (their control replies wait for it).
+    """
+
+    batch: list[Broadcast]
+    unjournaled: int | None
+    sources: tuple[SourceId, ...]
+    reply: dict[str, Any] | None = None
+    source: SourceConnection | None = None
+    clients: list[ClientSession] = field(default_factory=list)
+    size: int = 0  # the bytes of the batch's frames
 
 
 class Daemon:
@@ -92,6 +119,22 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._batch: list[Broadcast] = []
+        # The group commit (fsync: always): written batches, and replies queued behind
+        # their acks, in order, until the fsync covering them returns; how many entries
+        # each source has there; the fsync in flight (covering the entries queued when
+        # it started), run on one worker thread.
+        self._held: deque[_Held] = deque()
+        self._held_for: dict[SourceId, int] = {}
+        self._held_clients: dict[str, int] = {}  # client id -> held answers
+        # What the held batches hold, bounded like the replay ring (events.replay_buffer
+        # and replay_buffer_bytes): past either, sources are not read until the disk
+        # catches up, the backpressure an fsync on the loop used to give by blocking.
+        self._held_events = 0
+        self._held_bytes = 0
+        self._paused: dict[SourceId, SourceConnection] = {}
+        self._sync: asyncio.Future[OSError | None] | None = None
+        self._sync_soon = False
+        self._fsync_pool: ThreadPoolExecutor | None = None
         self._redact = redact_set(config.logging.redact_fields)
         self._status_text = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,12 +260,21 @@ class Daemon:
         self.notifier.stopping()
         await self.ingest.stop_accepting()
         self._execute(self.hub.shutdown(time.time(), self._now()))
-        # Both bounded (ws.close aborts clients that do not read their close frame);
-        # together, so the stop takes the longer of the two, not the sum (§5: < 5 s).
-        await asyncio.gather(self.ingest.close(), self.ws.close())
+        # Held batches reach the disk and the clients before the clients are closed.
+        sync_deadline = self._now() + SHUTDOWN_SYNC_WAIT
+        await self._drain_held(sync_deadline)
+        # Connections still in their opening handshake first: the WebSocket server's
+        # stop waits for each of them, and a silent one would never end by itself.
         self.handshakes.close()
+        # Both bounded (ws.close aborts clients that do not read their close frame,
+        # ingest.close sources that do not read their replies); together, so the stop
+        # takes the longer of the two, not the sum (§5: < 5 s).
+        await asyncio.gather(self.ingest.close(), self.ws.close())
+        await self._drain_held(sync_deadline)  # what sources sent while closing
         if self.journal is not None:
             self.journal.close()
+        if self._fsync_pool is not None:
+            self._fsync_pool.shutdown(wait=False)
         self.notifier.close()
         self.stopped.set()
         log.info("stopped after %d events", self.counters.events_in)
@@ -266,10 +318,15 @@ class Daemon:
                 journal.tick()
             if journal is not None and journal.fsync == "interval":
                 try:
-                    fd = journal.dirty_fd()
-                    if fd is not None:
+                    fds = journal.unsynced_fds()
+                    if fds:
+                        seq = self.hub.last_seq
                         # Off the event loop: a slow disk must not stall the clients.
-                        await asyncio.to_thread(_fsync_and_close, fd)
+                        error = await asyncio.to_thread(fsync_fds, fds)
+                        if error is None:
+                            journal.synced(seq)
+                        else:
+                            journal.sync_failed(error)
                 except OSError as exc:
                     journal.sync_failed(exc)
             status = self._status_line()
@@ -368,6 +425,11 @@ class Daemon:
     # -- effects -----------------------------------------------------------------
 
     def _execute(self, effects: list[Effect]) -> None:
+        """Broadcasts first (journal, fan-out), then the replies to sources.
+
+        While batches are held for their fsync, those replies wait behind them.
+        """
+        replies: list[ToSource] = []
         for effect in effects:
             if isinstance(effect, Broadcast):
                 if effect.stamped.type == "confirmation_expired":
@@ -380,26 +442,53 @@ class Daemon:
                     )
                 self._batch.append(effect)
             else:
-                self._to_source(effect)
+                replies.append(effect)
         self.flush()
+        hold = bool(self._held)
+        for reply in replies:
+            self._to_source(reply, hold=hold)
 
-    def _to_source(self, effect: ToSource) -> None:
+    def _to_source(self, effect: ToSource, *, hold: bool = False) -> None:
         source = self.ingest.sources.get(effect.source)
         if source is None:
             return
-        source.reply(effect.message)
-        if source.half_closed and self.hub.pending_for(source.id) == 0:
+        if hold:
+            self._queue_reply(source, effect.message)
+        else:
+            source.reply(effect.message)
+        self._close_if_done(source)
+
+    def _close_if_done(self, source: SourceConnection) -> None:
+        """Close a source that shut its write side once nothing is left to tell it."""
+        if (
+            source.half_closed
+            and self.hub.pending_for(source.id) == 0
+            and source.id not in self._held_for
+        ):
             source.close()
 
     def flush(self) -> None:
-        """Journal the batch, log it, hand it to the clients, then ack the sources."""
+        """Journal the batch, log it, hand it to the clients, then ack the sources.
+
+        With ``fsync: always`` (or while earlier batches are held) everything after the
+        journal write waits for the fsync that covers the batch (:meth:`_hold`).
+        """
         batch = self._batch
         if not batch:
             return
         self._batch = []
         stamped = [b.stamped for b in batch]
+        journal = self.journal
         # The first seq of this batch that is not in the journal (§4.1), if any.
-        unjournaled = self._journal_append(stamped) if self.journal is not None else None
+        unjournaled = self._journal_append(stamped) if journal is not None else None
+        if self._held or (journal is not None and journal.fsync == "always"):
+            self._hold(batch, unjournaled)
+        else:
+            self._release(batch, unjournaled)
+
+    def _release(self, batch: list[Broadcast], unjournaled: int | None) -> None:
+        """Log the journaled batch, hand it to the clients, then ack the sources."""
+        stamped = [b.stamped for b in batch]
         delivered = self.ws.fan_out(stamped)
         sources = self.ingest.sources
         log_info = events_log.isEnabledFor(logging.INFO)
@@ -418,8 +507,194 @@ class Daemon:
                         ack.update(item.ack_extra)
                     if unjournaled is not None and item.stamped.seq >= unjournaled:
                         ack["journaled"] = False
-                    source.reply(ack)
+                    # Not reply(): held replies wait behind this very ack.
+                    source.write_line(encode_json(ack))
         self.counters.events_in += len(batch)
+
+    # -- group commit (fsync: always) ----------------------------------------------
+
+    def _hold(self, batch: list[Broadcast], unjournaled: int | None) -> None:
+        """Keep a written batch from clients and sources until an fsync covers it.
+
+        Until then ``connected.seq`` and replays stop before it (``hub.held_after``),
+        and replies to its sources queue behind its acks (:meth:`hold_reply`).
+        """
+        if self.hub.held_after is None:
+            self.hub.held_after = batch[0].stamped.seq - 1
+        # The sources this batch acks (what _release replies to).
+        ids = tuple(
+            {sid for item in batch if item.ack_to is not None and (sid := item.source) is not None}
+        )
+        held_for = self._held_for
+        for sid in ids:
+            held_for[sid] = held_for.get(sid, 0) + 1
+        size = sum(len(item.stamped.frame) for item in batch)
+        self._held.append(_Held(batch, unjournaled, ids, size=size))
+        self._held_events += len(batch)
+        self._held_bytes += size
+        limits = self.hub.limits
+        if (
+            self._held_events > limits.replay_buffer
+            or self._held_bytes > limits.replay_buffer_bytes
+        ):
+            self._pause_sources()
+        if self._sync is None and not self._sync_soon:
+            # At the end of this turn of the loop: every batch of the turn shares it.
+            self._sync_soon = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._start_sync)
+
+    def hold_reply(self, source: SourceConnection, message: dict[str, Any]) -> bool:
+        """Queue a reply behind the source's held acks (replies stay in line order)."""
+        if source.id not in self._held_for:
+            return False
+        self._queue_reply(source, message)
+        return True
+
+    def _queue_reply(self, source: SourceConnection, message: dict[str, Any]) -> None:
+        """Queue a reply behind everything held (something is: a sync is on its way)."""
+        self._held_for[source.id] = self._held_for.get(source.id, 0) + 1
+        self._held.append(_Held([], None, (source.id,), message, source))
+
+    def _start_sync(self) -> None:
+        """fsync, in the worker thread, everything written so far; it covers every entry
+        queued now.  Nothing to sync (nothing written: a failing journal): release now."""
+        self._sync_soon = False
+        if self._sync is not None or not self._held:
+            return
+        covered, last_seq = len(self._held), self.hub.last_seq
+        journal = self.journal
+        fds: list[int] = []
+        if journal is not None:
+            try:
+                fds = journal.unsynced_fds()
+            except OSError:
+                # Not even a descriptor to spare for the thread: sync here (rare).
+                try:
+                    journal.sync()
+                    journal.synced(last_seq)
+                except OSError as exc:
+                    self._sync_failed(exc)
+        if not fds:
+            self._release_held(covered)
+            return
+        if self._fsync_pool is None:
+            self._fsync_pool = ThreadPoolExecutor(1, thread_name_prefix="aaeventd-fsync")
+        loop = self._loop or asyncio.get_running_loop()
+        future = loop.run_in_executor(self._fsync_pool, fsync_fds, fds)
+        self._sync = future
+        future.add_done_callback(functools.partial(self._synced, covered, last_seq))
+
+    def _synced(self, covered: int, last_seq: int, future: asyncio.Future[OSError | None]) -> None:
+        if future is not self._sync:
+            return  # its batches were released without it (a stop that could not wait)
+        self._sync = None
+        error = future.result()
+        if self.journal is not None:
+            if error is None:
+                self.journal.synced(last_seq)
+            else:
+                self._sync_failed(error)
+        self._release_held(covered)
+        if self._held:
+            self._start_sync()  # the batches written while this one was in flight
+
+    def _sync_failed(self, error: OSError) -> None:
+        """Availability first (§4.1): the batch goes out anyway, the journal is degraded.
+
+        Its lines are in the file (replays serve them, a crash of the daemon loses none),
+        so acks do not say ``journaled: false``, as with ``interval``.
+        """
+        assert self.journal is not None
+        self.journal.sync_failed(error)
+        self.counters.last_error = f"journal: {self.journal.health.error}"
+
+    def _release_held(self, count: int) -> None:
+        """Hand the first ``count`` held entries out, in order."""
+        held, held_for, hub = self._held, self._held_for, self.hub
+        done: list[SourceId] = []
+        for _ in range(count):
+            entry = held.popleft()
+            for sid in entry.sources:
+                left = held_for[sid] - 1
+                if left:
+                    held_for[sid] = left
+                else:
+                    del held_for[sid]
+                    done.append(sid)
+            if entry.source is not None:
+                assert entry.reply is not None
+                entry.source.write_line(encode_json(entry.reply))
+            else:
+                hub.held_after = entry.batch[-1].stamped.seq
+                self._held_events -= len(entry.batch)
+                self._held_bytes -= entry.size
+                self._release(entry.batch, entry.unjournaled)
+            for session in entry.clients:
+                self._release_client(session)
+        if not held:
+            hub.held_after = None
+        if self._paused:
+            limits = hub.limits
+            if (
+                self._held_events <= limits.replay_buffer // 2
+                and self._held_bytes <= limits.replay_buffer_bytes // 2
+            ):
+                self._resume_sources()
+        sources = self.ingest.sources
+        for sid in done:
+            source = sources.get(sid)
+            if source is not None:
+                self._close_if_done(source)
+
+    def _pause_sources(self) -> None:
+        """Stop reading every source (the one that is over included) until released."""
+        for sid, source in self.ingest.sources.items():
+            if sid not in self._paused and source.transport is not None:
+                source.transport.pause_reading()
+                self._paused[sid] = source
+        log.debug("journal fsync behind (%d events held): sources paused", self._held_events)
+
+    def _resume_sources(self) -> None:
+        paused, self._paused = self._paused, {}
+        for source in paused.values():
+            if source.transport is not None:
+                source.transport.resume_reading()
+
+    def _hold_client(self, session: ClientSession) -> None:
+        """The client answered while batches are held (its answer's among them, or the
+        one it lost to): its control replies (the error, a heartbeat used as a barrier)
+        wait until everything held now went out, as they would come after it unheld."""
+        self._held[-1].clients.append(session)
+        self._held_clients[session.id] = self._held_clients.get(session.id, 0) + 1
+        if session.control_held is None:
+            session.control_held = []
+
+    def _release_client(self, session: ClientSession) -> None:
+        left = self._held_clients[session.id] - 1
+        if left:
+            self._held_clients[session.id] = left
+        else:
+            del self._held_clients[session.id]
+            session.release_control()
+
+    async def _drain_held(self, deadline: float) -> None:
+        """Sync and release every held batch (at stop); unsynced past ``deadline``."""
+        while self._held:
+            future = self._sync
+            if future is None:
+                self._start_sync()
+                continue
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(future)
+            except TimeoutError:
+                log.warning(
+                    "stopping: the journal's fsync did not return in time; releasing %d "
+                    "held batches without it",
+                    sum(1 for e in self._held if e.source is None),
+                )
+                self._sync = None
+                self._release_held(len(self._held))
 
     def _journal_append(self, stamped: list[Stamped]) -> int | None:
         """Journal the batch; the first seq that could not be written, or None.
@@ -476,13 +751,13 @@ class Daemon:
             self._wakeup.set()
 
     def last_seq(self) -> int:
-        return self.hub.last_seq
+        return self.hub.released_seq
 
     def source_closed(self, source: SourceConnection) -> None:
         self._execute(self.hub.source_gone(source.id, time.time(), self._now()))
 
     def keep_open_after_eof(self, source: SourceConnection) -> bool:
-        return self.hub.pending_for(source.id) > 0
+        return self.hub.pending_for(source.id) > 0 or source.id in self._held_for
 
     # -- ClientSink (wsserver) ---------------------------------------------------
 
@@ -496,8 +771,11 @@ class Daemon:
         if epoch is not None and epoch != hub.epoch:
             start.head.append(_control_frame(_gap("epoch_changed", None, None)))
             return start
-        if since < hub.last_seq:
-            start.replay = (since, hub.last_seq)
+        # Up to the last released seq: held batches reach this client live, once, after
+        # the replay (it is in the sessions before they are released).
+        upto = hub.released_seq
+        if since < upto:
+            start.replay = (since, upto)
         return start
 
     def replay_piece(self, after: int, upto: int, type_filter: TypeFilter) -> ReplayPiece:
@@ -540,9 +818,18 @@ class Daemon:
         now = self._now()
         if isinstance(message, ConfirmationResponse):
             pending = next((p for p in self.hub.iter_pending() if p.id == message.id), None)
-            effects = self.hub.answer(
-                message, client=session.id, user_agent=session.user_agent, wall=time.time(), now=now
-            )
+            try:
+                effects = self.hub.answer(
+                    message,
+                    client=session.id,
+                    user_agent=session.user_agent,
+                    wall=time.time(),
+                    now=now,
+                )
+            except ProtocolError:
+                if self._held:  # perhaps lost to an answer still held: the error waits
+                    self._hold_client(session)
+                raise
             prompt = pending.info.get("prompt") if pending else None
             audit_log.info(
                 "confirmation %s answered %r (remember=%s) by client %s (%s) for prompt %r",
@@ -554,6 +841,8 @@ class Daemon:
                 prompt,
             )
             self._execute(effects)
+            if self._held:
+                self._hold_client(session)
         elif isinstance(message, PauseTimer):
             self.hub.pause(message.id, now)
         elif isinstance(message, ResumeTimer):
@@ -676,13 +965,6 @@ def _control_frame(message: dict[str, Any]) -> bytes:
 
 def _gap(reason: str, first: int | None, last: int | None) -> dict[str, Any]:
     return {"type": "replay_gap", "reason": reason, "from": first, "to": last}
-
-
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _loggable(value: Any) -> Any:

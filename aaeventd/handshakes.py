@@ -21,9 +21,10 @@ import math
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from websockets.asyncio.server import ServerConnection
+if TYPE_CHECKING:  # only in annotations: ingest.py uses LogThrottle without websockets
+    from websockets.asyncio.server import ServerConnection
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,12 @@ class PendingHandshakes(Generic[K]):
             del opened[key]
         return out
 
+    def clear(self) -> list[K]:
+        """Remove and return every pending connection, oldest first."""
+        out = list(self._opened)
+        self._opened.clear()
+        return out
+
     def next_deadline(self) -> float | None:
         """When the oldest pending handshake times out; ``None`` when none is pending."""
         for since in self._opened.values():
@@ -155,6 +162,7 @@ class HandshakeGuard:
         self.evicted = 0  # oldest pending closed for a newer one
         self.refused = 0  # new connections closed because every pending one was young
         self.timed_out = 0
+        self._closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crowded = LogThrottle()
@@ -184,6 +192,11 @@ class HandshakeGuard:
 
     def opened(self, conn: ServerConnection) -> None:
         """A TCP connection was accepted: register it, close one if over the bound."""
+        if self._closed:
+            # Accepted while the server stops (before its listening socket closed):
+            # nobody will answer it, and nothing may hold the stop (§5).
+            conn.transport.abort()
+            return
         now = conn.loop.time()
         victim = self.pending.opened(conn, now)
         if victim is not None:
@@ -211,10 +224,22 @@ class HandshakeGuard:
             self._arm(self._loop)
 
     def close(self) -> None:
-        """Cancel the timer (the server is stopping)."""
+        """The server is stopping: abort every pending connection, and any new one.
+
+        With websockets' own ``open_timeout`` off, nothing else ends a connection that
+        never sends its request, and the server's stop waits for every connection's
+        handler (PROTOCOL §5: the stop takes under 5 s).  Whatever they have sent, the
+        answer at stop would be websockets' 503: aborting frees them at once instead.
+        """
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        pending = self.pending.clear()
+        if pending:
+            log.info("closing %d connections still in their opening handshake", len(pending))
+            for conn in pending:
+                conn.transport.abort()
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

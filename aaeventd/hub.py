@@ -333,6 +333,9 @@ class Hub:
     def __init__(self, *, epoch: str, last_seq: int = 0, limits: HubLimits | None = None) -> None:
         self.epoch = epoch
         self.last_seq = last_seq
+        # Set by the app while stamped batches wait for their fsync (group commit,
+        # PROTOCOL §4): the last seq released to clients; None when nothing is held.
+        self.held_after: int | None = None
         self.limits = limits or HubLimits()
         # Bounded by count and by frame bytes (§2.3): see _trim_ring.
         self._ring: deque[Kept] = deque()
@@ -402,16 +405,27 @@ class Hub:
         stamped = self.stamp(event, event_type, wall, now)
         return [Broadcast(stamped, source=source, ack_to=source if wants_ack else None)]
 
+    @property
+    def released_seq(self) -> int:
+        """The last seq clients may see: ``last_seq`` but for batches held for their fsync.
+
+        ``connected.seq`` and every replay stop here, so that what a client sees never
+        runs ahead of the disk; the held events reach clients live once released.
+        """
+        held = self.held_after
+        return self.last_seq if held is None else held
+
     def replay_since(self, since: int) -> Replay:
-        """Events with ``seq > since`` still in the ring, and the range that is not."""
-        if since >= self.last_seq:
+        """Events ``since < seq <= released_seq`` still in the ring, and the range that is not."""
+        upto = self.released_seq
+        if since >= upto:
             return Replay(None, [])
         ring = self._ring
         first = ring[0].seq if ring else self.last_seq + 1
         if since + 1 >= first:
             start = since + 1 - first
-            return Replay(None, [ring[i] for i in range(start, len(ring))])
-        return Replay((since + 1, first - 1), list(ring))
+            return Replay(None, [ring[i] for i in range(start, start + upto - since)])
+        return Replay((since + 1, first - 1), [k for k in ring if k.seq <= upto])
 
     def replay_piece(
         self,
@@ -756,7 +770,7 @@ class Hub:
                 "server": SERVER_NAME,
                 "version": __version__,
                 "epoch": self.epoch,
-                "seq": self.last_seq,
+                "seq": self.released_seq,
             }
         )[:-1]
         skills = list(self._skills.values())

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from aaeventd import SERVER_NAME, __version__
 from aaeventd.errors import StartupError
+from aaeventd.handshakes import LogThrottle
 from aaeventd.protocol.codec import decode_object, encode_json
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import validate_event
@@ -35,11 +36,19 @@ from aaeventd.protocol.framer import LineFramer, TooLong
 
 log = logging.getLogger(__name__)
 
-# Replies queued for a source that does not read them are dropped past this many bytes.
-REPLY_BUFFER_LIMIT = 1 << 20
+# Replies queued for a source that does not read them are dropped past this many bytes
+# (about 11,000 acks on top of what the kernel's socket buffer holds).  64 sources that
+# never read hold 32 MiB at most: docs/limits.md.
+REPLY_BUFFER_LIMIT = 512 << 10
 _UCRED = struct.Struct("3i")
 # Rejected lines logged one by one per source before the log switches to summaries.
 REJECTIONS_LOGGED = 20
+# At stop, sources get this long to read the replies queued for them; then their
+# connections are aborted, so a source that never reads cannot hold the stop past
+# PROTOCOL §5's 5 seconds (on Python >= 3.12 the server's wait_closed waits for them).
+SHUTDOWN_DRAIN = 2.0
+# After the drain, how long the aborted connections get to be reported lost.
+SHUTDOWN_ABORT_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -72,6 +81,9 @@ class EventSink(Protocol):
 
     def keep_open_after_eof(self, source: SourceConnection) -> bool:
         """Whether a source that closed its write side still awaits an answer."""
+
+    def hold_reply(self, source: SourceConnection, message: dict[str, Any]) -> bool:
+        """Queue ``message`` behind the source's held acks; False when none are held."""
 
 
 class SourceConnection(asyncio.Protocol):
@@ -129,9 +141,16 @@ class SourceConnection(asyncio.Protocol):
             return
         if len(server.sources) >= server.settings.max_connections:
             server.refused_overloaded += 1
-            self.log.warning(
-                "source refused: %d sources connected (max_connections)", len(server.sources)
-            )
+            # A flood of connections past the limit: one line a minute, with counts.
+            count = server.overloaded_log.hit(self.connected_at)
+            if count is not None:
+                self.log.warning(
+                    "source refused: %d sources connected (max_connections); %d refused"
+                    " since the last report, %d in all",
+                    len(server.sources),
+                    count,
+                    server.overloaded_log.total,
+                )
             self._send_error(
                 ErrorCode.OVERLOADED,
                 f"too many sources (max_connections={server.settings.max_connections})",
@@ -232,6 +251,7 @@ class SourceConnection(asyncio.Protocol):
                 self.dropped_replies,
             )
             self.server.sink.source_closed(self)
+            self.server.source_removed()
 
     # -- lines -------------------------------------------------------------------
 
@@ -312,8 +332,13 @@ class SourceConnection(asyncio.Protocol):
     # -- replies -----------------------------------------------------------------
 
     def reply(self, message: dict[str, Any]) -> None:
-        """Write one NDJSON line; dropped (and counted) when the source does not read."""
-        self.write_line(encode_json(message))
+        """Write one NDJSON line; dropped (and counted) when the source does not read.
+
+        While the app holds acks for this source (group commit, PROTOCOL §4) the line
+        waits behind them: replies stay in line order.
+        """
+        if not self.server.sink.hold_reply(self, message):
+            self.write_line(encode_json(message))
 
     def write_line(self, payload: bytes | memoryview) -> None:
         transport = self.transport
@@ -356,6 +381,12 @@ class SourceConnection(asyncio.Protocol):
         """Close after the queued replies are written."""
         self._close()
 
+    def abort(self) -> None:
+        """Drop the connection now, queued replies and all."""
+        self._close()
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class IngestServer:
     """Owns the listening socket and the set of connected sources."""
@@ -367,11 +398,15 @@ class IngestServer:
         self.own_uid = os.getuid()
         self.refused_forbidden = 0
         self.refused_overloaded = 0
+        self.overloaded_log = LogThrottle()
         self.dropped_replies = 0
         self.rejected: dict[str, int] = {}
         self.path: Path | None = None
         self._bound_inode: int | None = None
         self._server: asyncio.Server | None = None
+        # Set once the server is closing and the last source is gone.
+        self._closing = False
+        self._all_gone = asyncio.Event()
 
     def uid_allowed(self, uid: int | None) -> bool:
         return uid is not None and (uid == self.own_uid or uid in self.settings.allowed_uids)
@@ -393,14 +428,36 @@ class IngestServer:
         if self._server is not None:
             self._server.close()
 
+    def source_removed(self) -> None:
+        """A source's connection is gone (called once per source, after ``sources``)."""
+        if self._closing and not self.sources:
+            self._all_gone.set()
+
     async def close(self) -> None:
-        """Close every source (after its queued replies) and remove our socket file."""
+        """Close every source and remove our socket file, in bounded time.
+
+        Sources get :data:`SHUTDOWN_DRAIN` seconds to read the replies queued for
+        them; the connections of those that do not are then aborted (§5).
+        """
         await self.stop_accepting()
+        self._closing = True
         for source in list(self.sources.values()):
             source.close()
+        if self.sources:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), SHUTDOWN_DRAIN)
+        stuck = list(self.sources.values())
+        if stuck:
+            log.warning(
+                "aborted %d source connections that did not read their replies within %.0f s",
+                len(stuck),
+                SHUTDOWN_DRAIN,
+            )
+            for source in stuck:
+                source.abort()
         if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), SHUTDOWN_ABORT_WAIT)
         if self.path is not None and self._bound_inode is not None:
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(self.path).st_ino == self._bound_inode:

@@ -8,6 +8,11 @@ that fails is cut back to whole lines, reported (rate-limited), counted, and rec
 in the ``state`` file so that a restart never reuses a seq.  It knows nothing of
 sockets, clients or the hub.
 
+:meth:`Journal.append` only writes (hands the lines to the OS); the owner syncs.  With
+``fsync: always`` the owner takes :meth:`Journal.unsynced_fds` and fsyncs them in a
+worker thread before it releases the batch (the group commit, PROTOCOL §4): a file
+closed by a rotation meanwhile is handed over rather than synced on the caller's thread.
+
 Files are named ``events-<first seq, 12 digits>.jsonl``: the seq of the first line
 written to it when it was opened.  Its lines start there or later (a failed write
 leaves seqs out) and come before the next file's name, so the files are in seq order
@@ -117,8 +122,9 @@ class Journal:
         max_file_bytes: a file never grows past this, but for a single line that is
             longer on its own (it then gets a file to itself).
         max_files: how many files are kept, the one being written included.
-        fsync: ``always`` (before each batch is broadcast), ``interval`` (the owner
-            calls :meth:`sync` about once a second) or ``never``.
+        fsync: ``always`` (the owner syncs every batch before it broadcasts it, with
+            :meth:`unsynced_fds` or :meth:`sync`), ``interval`` (the owner syncs about
+            once a second) or ``never``.
         keep_free_bytes: while the file system has less free space than this, the
             oldest files are removed (down to the one being written); ``0``: never.
     """
@@ -144,6 +150,11 @@ class Journal:
         self._path: Path | None = None
         self._size = 0
         self._dirty = False
+        # Closed files still to be synced (``always``): fds the next sync owns.
+        self._unsynced: list[int] = []
+        # Which failure keeps the journal degraded (§4.1): a write, an fsync, or both.
+        self._write_failing = False
+        self._sync_failing = False
         self._lock_fd: int | None = None
         self._state_fd: int | None = None
         self._state_record = b""
@@ -339,8 +350,9 @@ class Journal:
     def append(self, lines: Sequence[JournalLine]) -> int:
         """Write ``lines`` (in seq order) and return how many were written, from the front.
 
-        All of them, normally: handed to the OS before this returns, and with ``fsync:
-        always`` also on disk.  When the journal cannot be written (§4.1) the rest of
+        All of them, normally: handed to the OS before this returns (a crash of the
+        daemon loses none of them); reaching the disk is the owner's call to
+        :meth:`sync` or :meth:`unsynced_fds`.  When the journal cannot be written (§4.1) the rest of
         the batch is not journaled: the failure is logged (rate-limited), counted and
         recorded, and the next call tries again.  The file only ever holds whole lines,
         and a file exceeds ``max_file_bytes`` by at most one line: the batch is split
@@ -388,14 +400,9 @@ class Journal:
                 self._failed(error, lines[done].seq, lines[n - 1].seq)
                 return done
             fresh = False
-        if self.fsync == "always" and self._dirty and self._fd is not None:
-            try:
-                os.fsync(self._fd)
-                self._dirty = False
-            except OSError as exc:
-                self.sync_failed(exc)
-                return n
-        if not self.health.ok and n:
+        self._write_failing = False
+        # A failing fsync is cleared by an fsync that works (synced), not by a write.
+        if not self.health.ok and n and not self._sync_failing:
             self._recovered(lines[n - 1].seq)
         return n
 
@@ -451,6 +458,7 @@ class Journal:
         """Seqs ``first..last`` were not journaled because of ``exc``: count, record, log."""
         health = self.health
         count = last - first + 1
+        self._write_failing = True
         health.unjournaled += count
         health.failed_writes += 1
         self._remember_unjournaled(first, last)
@@ -485,8 +493,13 @@ class Journal:
         health.error = reason
 
     def sync_failed(self, exc: OSError) -> None:
-        """An fsync failed: the journal is degraded until a write succeeds again."""
+        """An fsync failed: the journal is degraded until an fsync succeeds again.
+
+        What was written stays in the file (replays serve it, a crash of the daemon
+        loses none of it); only its durability against a power loss is unknown.
+        """
         health = self.health
+        self._sync_failing = True
         health.failed_writes += 1
         if health.ok:
             health.ok = False
@@ -495,6 +508,13 @@ class Journal:
             self._last_report = time.monotonic()
             log.error("journal fsync failed in %s: %s", self.directory, _reason(exc))
         health.error = f"fsync: {_reason(exc)}"
+
+    def synced(self, last_seq: int) -> None:
+        """An fsync covering everything up to ``last_seq`` worked: ends a failing fsync."""
+        if self._sync_failing:
+            self._sync_failing = False
+            if not self.health.ok and not self._write_failing:
+                self._recovered(last_seq)
 
     def _recovered(self, last_seq: int) -> None:
         health = self.health
@@ -538,10 +558,39 @@ class Journal:
         return None
 
     def sync(self) -> None:
-        """fsync the current file if anything was written since the last sync."""
+        """fsync, on this thread, what was written since the last sync.
+
+        That is the current file if it was written, and the files a rotation closed
+        meanwhile (``always``).
+
+        Raises:
+            OSError: an fsync failed (every file is still tried, and closed).
+        """
+        fds, self._unsynced = self._unsynced, []
+        error = fsync_fds(fds)
         if self._dirty and self._fd is not None:
             self._dirty = False
             os.fsync(self._fd)
+        if error is not None:
+            raise error
+
+    def unsynced_fds(self) -> list[int]:
+        """The fds to fsync (and then close) in another thread; empty when nothing is due.
+
+        The files a rotation closed since the last call (``always``), and a duplicate
+        of the current file's fd if it was written since: the caller owns them all, so
+        a rotation meanwhile cannot close one under it (:func:`fsync_fds`).
+
+        Raises:
+            OSError: no duplicate could be made (out of descriptors); nothing changed,
+                :meth:`sync` on this thread still works.
+        """
+        fds = self._unsynced
+        if self._dirty and self._fd is not None:
+            fds.append(os.dup(self._fd))
+            self._dirty = False
+        self._unsynced = []
+        return fds
 
     def dirty_fd(self) -> int | None:
         """A duplicate of the current file's fd if it needs an fsync, else None.
@@ -575,7 +624,13 @@ class Journal:
         fd, self._fd, self._path = self._fd, None, None
         if fd is None:
             return
-        # The closing file's tail reaches the disk; with "always" it already has.
+        if self._dirty and self.fsync == "always":
+            # Its lines wait for the next group commit (the owner's thread syncs it);
+            # even a file given up on (sync False) holds whole lines still waiting.
+            self._dirty = False
+            self._unsynced.append(fd)
+            return
+        # The closing file's tail reaches the disk.
         if sync and self._dirty and self.fsync != "never":
             try:
                 os.fsync(fd)
@@ -670,6 +725,11 @@ class Journal:
         The state record is left as it is: ``failing`` stays ``failing`` (§4.1).
         """
         self._close_current(sync=True)
+        if self._unsynced:
+            try:
+                self.sync()
+            except OSError as exc:
+                self.sync_failed(exc)
         for name in ("_state_fd", "_lock_fd"):
             fd = getattr(self, name)
             if fd is not None:
@@ -740,6 +800,19 @@ def _line_seq(line: bytes) -> int | None:
         return None
     seq = obj.get("seq") if isinstance(obj, dict) else None
     return seq if type(seq) is int else None
+
+
+def fsync_fds(fds: list[int]) -> OSError | None:
+    """fsync then close each of ``fds`` (in a worker thread); the first error, if any."""
+    error: OSError | None = None
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            error = error or exc
+        finally:
+            os.close(fd)
+    return error
 
 
 def _record_seq(record: bytes) -> int:

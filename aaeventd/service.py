@@ -46,6 +46,10 @@ WatchdogSec=10
 Restart=on-failure
 RestartSec=1
 TimeoutStopSec=10
+# Backstops sized from docs/limits.md: idle ~40 MiB plus the 246 MiB the limits allow
+# under any misbehaviour fits under MemoryHigh; every theoretical maximum under MemoryMax.
+MemoryHigh=384M
+MemoryMax=512M
 SyslogIdentifier=aaeventd
 # $RUNTIME_DIRECTORY holds events.sock; preserved so that aaeventd.socket's file
 # (%t/aaeventd/events.sock) survives a stop of the service.

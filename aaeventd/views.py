@@ -7,11 +7,13 @@ bytes it is given.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from aaeventd import SERVER_NAME, __version__
+from aaeventd.handshakes import AcceptExhaustion
 from aaeventd.journal import JournalHealth
 from aaeventd.metrics import Metric, render_metrics
 from aaeventd.protocol.codec import rfc3339_utc
@@ -100,6 +102,8 @@ class DaemonViews:
     def metric_samples(self) -> list[Metric]:
         hub, ingest, ws = self._d.hub, self._d.ingest, self._d.ws
         journal = self._d.journal.health if self._d.journal else JournalHealth()
+        guard = self._d.handshakes
+        exhaustion = _accept_exhaustion()
         return [
             Metric(
                 "events_in_total",
@@ -137,6 +141,41 @@ class DaemonViews:
                 "counter",
                 "HTTP requests refused, by status.",
                 labelled={(("status", str(k)),): v for k, v in self._d.front.refused.items()},
+            ),
+            Metric(
+                "owner_unknown_refusals_total",
+                "counter",
+                "HTTP requests refused 503 because the connection's owner could not be "
+                "determined (PROTOCOL 2.4; also in http_refusals_total).",
+                # HttpFront counts them in its log throttle, the one place it sees them.
+                value=self._d.front._owner_unknown_log.total,
+            ),
+            Metric(
+                "pending_handshakes",
+                "gauge",
+                "TCP connections still in their opening handshake "
+                "(bounded by websocket.max_pending_handshakes).",
+                value=len(guard.pending),
+            ),
+            Metric(
+                "handshakes_closed_total",
+                "counter",
+                "Connections closed before completing their opening handshake, by reason: "
+                "evicted (the oldest, for a newer one, at websocket.max_pending_handshakes), "
+                "refused (a new one, every pending one being under a second old), "
+                "timed_out (websocket.handshake_timeout_seconds).",
+                labelled={
+                    (("reason", "evicted"),): guard.evicted,
+                    (("reason", "refused"),): guard.refused,
+                    (("reason", "timed_out"),): guard.timed_out,
+                },
+            ),
+            Metric(
+                "accept_exhausted_total",
+                "counter",
+                "Failed accept() attempts for lack of descriptors or memory "
+                "(EMFILE, ENFILE, ENOBUFS, ENOMEM); asyncio retries once a second.",
+                value=exhaustion.throttle.total if exhaustion is not None else 0,
             ),
             Metric(
                 "dropped_replies_total",
@@ -237,6 +276,16 @@ class DaemonViews:
                 value=round(time.time() - self._d.counters.started_wall, 3),
             ),
         ]
+
+
+def _accept_exhaustion() -> AcceptExhaustion | None:
+    """The running loop's handler for accept() running out of resources (Daemon.run
+    installs it for as long as it runs); ``None`` outside a loop or without it."""
+    try:
+        handler = asyncio.get_running_loop().get_exception_handler()
+    except RuntimeError:
+        return None
+    return handler if isinstance(handler, AcceptExhaustion) else None
 
 
 def _proc_exe(pid: int | None) -> str | None:

@@ -59,6 +59,18 @@ SHUTDOWN_ABORT_WAIT = 1.0
 # a replay and does not read holds one piece, not the replay.
 REPLAY_PIECE_BYTES = 64 << 10
 REPLAY_PIECE_EVENTS = 2000
+# websockets' queue of incoming frames per client, as (high, low) water marks: past
+# ``high`` frames it stops reading the socket, below ``low`` it reads again.  The handler
+# takes each message as soon as it runs and handles it without awaiting, so the queue
+# only fills while the handler waits on something else (a replay written at the
+# client's pace): one frame of slack is enough.  A client then holds at most ``high``
+# frames, those decoded from the one socket read that passed the mark (asyncio reads
+# 256 KiB at a time) and one partial frame: (1 + 4 + 1) x 64 KiB = 384 KiB with the
+# default max_message_bytes, instead of 1.3 MiB with websockets' default of 16 frames.
+INCOMING_QUEUE = (1, 0)
+# Control replies a client may have waiting behind its own held answer (group commit,
+# PROTOCOL §4) before it is closed as a slow consumer: it sends that much in one fsync.
+MAX_CONTROL_HELD = 256
 
 
 # The client token (PROTOCOL §2.4) is never logged, but websockets' debug log shows the
@@ -152,6 +164,7 @@ class ClientSession:
         "closing",
         "conn",
         "connected_at",
+        "control_held",
         "counted",
         "filter",
         "frames_sent",
@@ -185,6 +198,10 @@ class ClientSession:
         # While a replay is read from the journal, live frames wait here (bounded).
         self.held: list[tuple[bytes, int]] | None = None
         self.held_bytes = 0
+        # While this client's confirmation answer waits for its fsync (group commit),
+        # control replies wait here: the outcome of a message comes before the replies
+        # to the messages after it (a heartbeat right after an answer is a barrier).
+        self.control_held: list[dict[str, Any]] | None = None
         # This client's share of WsServer.unsent_bytes, as of its last fan-out.
         self.counted = 0
         self.user_agent: str | None = (
@@ -254,12 +271,25 @@ class ClientSession:
         """A control reply (never dropped for slowness while the connection is open)."""
         if self.closing or self.conn.protocol.state is not State.OPEN:
             return
+        held = self.control_held
+        if held is not None:
+            if len(held) >= MAX_CONTROL_HELD:
+                self.close_slow()
+                return
+            held.append(message)
+            return
         if self.transport.get_write_buffer_size() > self.settings.slow_client_buffer_bytes:
             # A client that sends heartbeats but never reads the acks.
             self.close_slow()
             return
         self.transport.write(ws_text_frame(encode_json(message)))
         self.frames_sent += 1
+
+    def release_control(self) -> None:
+        """The held answer went out: send the control replies that waited behind it."""
+        held, self.control_held = self.control_held or [], None
+        for message in held:
+            self.send_control(message)
 
     def close_slow(self, *, over_budget: int | None = None) -> None:
         """Close with 1013 after what is already buffered; abort if the peer never reads.
@@ -391,6 +421,7 @@ class WsServer:
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_timeout,
             close_timeout=self.settings.close_timeout,
+            max_queue=INCOMING_QUEUE,
             server_header=None,
             logger=websockets_logger(),
             **kwargs,

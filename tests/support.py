@@ -65,11 +65,14 @@ def make_config(tmp: Path, **sections: dict[str, Any]) -> Config:
     """A config whose socket, journal and port are private to one test.
 
     ``sections`` override keys per section, e.g. ``websocket={"max_clients": 2}``.
+    The journal never prunes for free space (``keep_free_bytes: 0``, unless a test
+    sets its own): a CI box with little free space in /tmp would otherwise remove the
+    older files a replay reads.
     """
     data: dict[str, Any] = {
         "sources": {"socket_path": str(tmp / "ev.sock")},
         "websocket": {"port": 0},
-        "journal": {"directory": str(tmp / "journal")},
+        "journal": {"directory": str(tmp / "journal"), "keep_free_bytes": 0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -410,7 +413,8 @@ def daemon_process(**sections: dict[str, Any]) -> Iterator[DaemonProcess]:
         config: dict[str, Any] = {
             "sources": {"socket_path": str(tmp / "ev.sock")},
             "websocket": {"port": 0, "ping_interval_seconds": None},
-            "journal": {"directory": str(tmp / "journal")},
+            # No pruning for free space: replays read the older files (see make_config).
+            "journal": {"directory": str(tmp / "journal"), "keep_free_bytes": 0},
         }
         for name, values in sections.items():
             config.setdefault(name, {}).update(values)

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from aaeventd.config import WebSocketConfig
+from aaeventd.wsserver import INCOMING_QUEUE
 from tests.support import (
     KIB,
     MIB,
@@ -226,6 +230,82 @@ def test_replay_ring_is_bounded_by_bytes_and_the_journal_fills_in() -> None:
     assert [f.get("seq") for f in frames] == list(range(1, total + 1)), [
         f for f in frames if f.get("type") != "bulk"
     ]
+
+
+# -- what clients send: websockets' incoming queue ---------------------------------------
+
+# asyncio reads a socket this much at a time: the frames decoded from the read that takes
+# a client's queue past its mark are queued before reading pauses.
+SOCKET_READ_BYTES = 256 * KIB
+
+
+def client_text_frame(payload: bytes) -> bytes:
+    """A masked (all-zero mask: the payload goes as is) text frame, as a client sends."""
+    return b"\x81\xff" + struct.pack("!Q", len(payload)) + b"\0\0\0\0" + payload
+
+
+def test_clients_flooding_messages_hold_a_few_frames_each() -> None:
+    """20 clients send 64 KiB messages as fast as they can for 2 s while their replay
+    waits for them to read (nothing takes their messages meanwhile): the daemon grows by
+    at most 20 times one client's incoming queue (its high-water mark, one socket read and
+    a partial frame of max_message_bytes) plus the allowance, and another client's
+    heartbeats are answered within a second."""
+    n_flood, seconds = 20, 2.0
+    size = WebSocketConfig().max_message_bytes  # the default: 64 KiB
+    message = json.dumps({"type": "heartbeat", "pad": ""}).encode()
+    message = message[:-2] + b"x" * (size - len(message)) + message[-2:]
+    burst = client_text_frame(message) * 4
+
+    async def flood(sock: socket.socket, until: float) -> int:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                while True:
+                    await loop.sock_sendall(sock, burst)
+                    sent += 4
+        return sent
+
+    async def body(d: DaemonProcess) -> tuple[int, int, list[int], list[float]]:
+        src = await Source.connect(d.socket_path, hello=HELLO)
+        async with src:
+            # More to replay than the kernel's socket buffers take (tcp_wmem's 4 MiB
+            # at most): the replay to a client that does not read stalls.
+            for base in range(0, 2000, 100):
+                await emit(src, base, 100, 4 * KIB)
+        flooders = [non_reader(d.port, "since=0") for _ in range(n_flood)]
+        try:
+            async with connect(d.url, ping_interval=None) as healthy:
+                assert (await recv_json(healthy))["type"] == "connected"
+                await wait_for_clients(d, n_flood + 1)
+                before = d.memory()
+                loop = asyncio.get_running_loop()
+                until = loop.time() + seconds
+                floods = [asyncio.create_task(flood(s, until)) for s in flooders]
+                waited: list[float] = []
+                while loop.time() < until:
+                    asked = loop.time()
+                    await healthy.send(json.dumps({"type": "heartbeat"}))
+                    assert (await recv_json(healthy))["type"] == "heartbeat_ack"
+                    waited.append(loop.time() - asked)
+                sent = await asyncio.gather(*floods)
+                return before, d.memory("VmHWM"), sent, waited
+        finally:
+            for sock in flooders:
+                sock.close()
+
+    with daemon_process() as d:
+        before, peak, sent, waited = run(body(d))
+    high, _ = INCOMING_QUEUE
+    per_client = high * size + SOCKET_READ_BYTES + size
+    growth, bound = peak - before, n_flood * per_client + ALLOWANCE
+    assert growth <= bound, (
+        f"RSS grew {growth / MIB:.1f} MiB > {bound / MIB:.1f} MiB with {n_flood} clients"
+        f" that sent {sum(sent)} messages of {size // KIB} KiB unread"
+    )
+    assert min(sent) > high + SOCKET_READ_BYTES // size, f"messages sent per client: {sent}"
+    assert max(waited) < HEARTBEAT_LIMIT, f"a heartbeat waited {max(waited):.3f} s"
 
 
 # -- a quick stop (§5) -------------------------------------------------------------------

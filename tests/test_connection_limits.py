@@ -580,6 +580,34 @@ def test_idle_source_and_lines_completed_in_pieces_are_not_closed() -> None:
     run(body())
 
 
+def test_sources_refused_as_overloaded_are_logged_once_a_minute() -> None:
+    """500 source connections past max_connections: each is refused `overloaded`, and
+    stderr gets one WARNING line for them (with counts), not one per refusal."""
+    refused = 500
+
+    async def body(path: Path) -> list[str]:
+        async with await Source.connect(path, hello=HELLO_ACKS):  # holds the only slot
+            codes = []
+            for _ in range(refused):
+                async with await Source.connect(path) as extra:
+                    codes.append((await extra.recv())["code"])
+            return codes
+
+    with (
+        short_tmpdir() as tmp,
+        daemon_process(tmp, 1_024, sources={"max_connections": 1}) as (proc, _),
+    ):
+        codes = run(body(tmp / "ev.sock"))
+        log = stop_and_read_log(proc)
+    lines = [line for line in log.splitlines() if "source refused" in line]
+    assert codes == ["overloaded"] * refused, sorted(set(codes))
+    assert len(lines) == 1, (
+        f"{len(lines)} log lines for {refused} sources refused as overloaded:\n"
+        + "\n".join(lines[:3])
+    )
+    assert "1 refused since the last report, 1 in all" in lines[0], lines[0]
+
+
 # -- the pure parts ----------------------------------------------------------------------
 
 

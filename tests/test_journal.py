@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aaeventd.journal import EPOCH_FILE, Journal, JournalInUse
+from aaeventd.journal import EPOCH_FILE, Journal, JournalInUse, fsync_fds
 from tests.support import Source, private_daemon, run
 
 
@@ -186,6 +186,30 @@ def test_dirty_fd_is_a_duplicate_only_when_something_was_written(tmp_path: Path)
     os.fsync(fd)
     os.close(fd)
     assert j.dirty_fd() is None
+    j.close()
+
+
+def test_always_leaves_every_fsync_to_the_owner_even_across_a_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync: always, append (and the rotation inside it) never fsyncs on the
+    calling thread (the event loop): unsynced_fds hands over the rotated file and a
+    duplicate of the current one, and fsync_fds syncs and closes them (group commit)."""
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real_fsync(fd))
+    j = journal(tmp_path, fsync="always", max_file_bytes=200)
+    j.open()
+    calls.clear()  # the epoch file's own fsync at open
+    j.append(rows(lines(1, 6, pad=20)))
+    assert calls == [], f"{len(calls)} fsyncs on the appending thread"
+    files = j.files()
+    fds = j.unsynced_fds()
+    assert len(fds) == len(files) >= 2, f"{len(fds)} fds for {len(files)} written files"
+    assert {os.fstat(fd).st_ino for fd in fds} == {f.stat().st_ino for f in files}
+    assert fsync_fds(fds) is None
+    assert len(calls) == len(fds)
+    assert j.unsynced_fds() == []  # nothing written since
     j.close()
 
 

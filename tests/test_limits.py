@@ -38,8 +38,9 @@ from tests.support import (
     wait_for_clients,
 )
 
-#: docs/limits.md, "Worst case": what the default limits let the daemon grow by.
-WORST_CASE_GROWTH = 256 * MIB
+#: docs/limits.md, "Worst case": what misbehaving sources and clients can grow the daemon
+#: by under the default limits.
+WORST_CASE_GROWTH = 246 * MIB
 HEARTBEAT_LIMIT = 1.0  # PROTOCOL §5, not scaled: the contract's own figure
 STOP_LIMIT = 5.0
 
