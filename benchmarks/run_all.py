@@ -746,26 +746,31 @@ _TEXT_FLUSH = "<method 'flush' of '_io.TextIOWrapper' objects>"
 # (key, label, file suffix(es) or "~" for built-ins, function): entry points whose
 # cumulative time is reported per event; sub-entries are indented in the label.
 PROFILE_POINTS: list[tuple[str, str, str | tuple[str, ...], str]] = [
-    ("process", "ingest: all line processing (_process)", "aaeventd/ingest.py", "_process"),
+    ("process", "ingest: all line processing (_process)", "aaeventd/daemon/ingest.py", "_process"),
     ("decode", "  parse + type check (decode_object)", "protocol/codec.py", "decode_object"),
     ("validate", "  validation (validate_event)", "protocol/events.py", "validate_event"),
-    ("submit", "  stamp + encode + frame (Daemon.submit)", "aaeventd/app.py", "submit"),
+    ("submit", "  stamp + encode + frame (Daemon.submit)", "aaeventd/daemon/app.py", "submit"),
     ("ts", "    timestamp (rfc3339_utc)", "protocol/codec.py", "rfc3339_utc"),
     ("encode", "    JSON encoding (encode_json)", "protocol/codec.py", "encode_json"),
-    ("track", "    running-skill tracking (Hub._track)", "aaeventd/hub.py", "_track"),
-    ("flush", "  flush (journal, fan-out, log)", "aaeventd/app.py", "flush"),
-    ("journal", "    journal append", "aaeventd/app.py", "_journal_append"),
-    ("fanout", "    fan-out to clients (WsServer.fan_out)", "aaeventd/wsserver.py", "fan_out"),
-    ("log", "    per-event INFO log line (_log_event)", "aaeventd/app.py", "_log_event"),
+    ("track", "    running-skill tracking (Hub._track)", "aaeventd/daemon/hub.py", "_track"),
+    ("flush", "  flush (journal, fan-out, log)", "aaeventd/daemon/app.py", "flush"),
+    ("journal", "    journal append", "aaeventd/daemon/app.py", "_journal_append"),
+    (
+        "fanout",
+        "    fan-out to clients (WsServer.fan_out)",
+        "aaeventd/daemon/wsserver.py",
+        "fan_out",
+    ),
+    ("log", "    per-event INFO log line (_log_event)", "aaeventd/daemon/app.py", "_log_event"),
     ("record", "      LogRecord creation (makeRecord)", "logging/__init__.py", "makeRecord"),
     ("caller", "      caller lookup (findCaller)", "logging/__init__.py", "findCaller"),
     ("chain", "      handlers (Logger.callHandlers)", "logging/__init__.py", "callHandlers"),
-    ("format", "        formatting (Formatter.format)", "aaeventd/logsetup.py", "format"),
+    ("format", "        formatting (Formatter.format)", "aaeventd/daemon/logsetup.py", "format"),
     ("lwrite", "        stream write (TextIOWrapper.write)", "~", _TEXT_WRITE),
     (
         "lflush",
         "        handler flush (Handler.flush)",
-        ("logging/__init__.py", "aaeventd/logsetup.py"),
+        ("logging/__init__.py", "aaeventd/daemon/logsetup.py"),
         "flush",
     ),
     ("framer", "line framing (LineFramer.feed)", "protocol/framer.py", "feed"),
@@ -807,8 +812,12 @@ def summarize_profile(path: Path, events: int) -> dict[str, Any]:
         (_func_name(key), entry[1], entry[2] / events * 1e6, entry[2] / process * 100)
         for key, entry in top
     ]
-    reads = sum(e[1] for k, e in busy.items() if _matches(k, "aaeventd/ingest.py", "data_received"))
-    writes = sum(e[1] for k, e in busy.items() if _matches(k, "aaeventd/wsserver.py", "send"))
+    reads = sum(
+        e[1] for k, e in busy.items() if _matches(k, "aaeventd/daemon/ingest.py", "data_received")
+    )
+    writes = sum(
+        e[1] for k, e in busy.items() if _matches(k, "aaeventd/daemon/wsserver.py", "send")
+    )
     # How often the log stream really went to the OS: once per record, or per batch.
     stream_flushes = sum(e[1] for k, e in busy.items() if _matches(k, "~", _TEXT_FLUSH))
     return {
@@ -848,8 +857,8 @@ def reader_probe(directory: Path, events: int) -> dict[str, float]:
     ``loads``: ``json.loads`` of the same lines alone (what a filtered client adds).
     """
     # Imported here: every spawned client and source process re-imports this module.
-    from aaeventd.app import _journal_chunk
-    from aaeventd.journal import Journal
+    from aaeventd.daemon.app import _journal_chunk
+    from aaeventd.daemon.journal import Journal
     from aaeventd.protocol.filters import TypeFilter
 
     journal = Journal(directory, max_file_bytes=1 << 40, max_files=1 << 10, fsync="never")

@@ -31,8 +31,8 @@ from typing import IO, Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from aaeventd.app import Daemon
 from aaeventd.config import Config, parse_config
+from aaeventd.daemon.app import Daemon
 
 FACTOR = float(os.environ.get("AAEVENTD_TESTS_TIMEOUT_FACTOR", "1"))
 TIMEOUT = 10.0 * FACTOR  # the longest any single wait may take

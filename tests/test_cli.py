@@ -25,7 +25,7 @@ from aaeventd import __version__
 from aaeventd.cli import main
 from aaeventd.client import EventSource
 from aaeventd.config import Config
-from aaeventd.wsserver import ClientSession, StreamStart
+from aaeventd.daemon.wsserver import ClientSession, StreamStart
 from tests.support import REPO, TIMEOUT, ThreadedDaemon, daemon_thread, make_config
 
 SHIPPED = REPO / "config" / "aaeventd.yaml"

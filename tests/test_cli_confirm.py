@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from aaeventd import __version__
-from aaeventd.app import Daemon
 from aaeventd.cli import main
+from aaeventd.daemon.app import Daemon
 from tests.support import (
     Source,
     make_config,

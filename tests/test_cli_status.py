@@ -1,5 +1,5 @@
 """``aaeventd status``, ``clients``, ``ui``, ``install-service`` and ``watch --live``
-(aaeventd.cli), and the text they show (aaeventd.console).
+(aaeventd.cli), and the text they show (aaeventd.cli.console).
 
 Commands that talk to a daemon reach a real one running in a background thread
 (tests/test_cli.py's :func:`daemon_thread`: real Unix socket, real WebSocket/HTTP
@@ -28,8 +28,7 @@ from websockets.sync.client import connect
 
 from aaeventd import __version__
 from aaeventd.cli import main
-from aaeventd.client import EventSource
-from aaeventd.console import (
+from aaeventd.cli.console import (
     LiveView,
     display_width,
     format_clients,
@@ -37,8 +36,9 @@ from aaeventd.console import (
     format_event,
     format_health,
 )
+from aaeventd.cli.service import render_units
+from aaeventd.client import EventSource
 from aaeventd.protocol.codec import rfc3339_utc
-from aaeventd.service import render_units
 from tests.support import TIMEOUT, daemon_thread, make_config
 from tests.test_cli import BackgroundMain, ObservedDaemon, emit_all, write_yaml
 

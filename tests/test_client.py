@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from aaeventd.app import Daemon
 from aaeventd.client import (
     Ack,
     Answer,
@@ -34,6 +33,7 @@ from aaeventd.client import (
     EventSource,
     SourceError,
 )
+from aaeventd.daemon.app import Daemon
 from tests.support import (
     FACTOR,
     TIMEOUT,

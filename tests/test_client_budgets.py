@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from aaeventd.config import WebSocketConfig
-from aaeventd.wsserver import INCOMING_QUEUE
+from aaeventd.daemon.wsserver import INCOMING_QUEUE
 from tests.support import (
     KIB,
     MIB,

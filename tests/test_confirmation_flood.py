@@ -29,7 +29,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from aaeventd.hub import KNOWN_TYPE_LABELS, MAX_OTHER_TYPE_LABELS, OTHER_TYPE_LABEL
+from aaeventd.daemon.hub import KNOWN_TYPE_LABELS, MAX_OTHER_TYPE_LABELS, OTHER_TYPE_LABEL
 from tests.support import (
     TIMEOUT,
     Source,

@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from aaeventd.app import Daemon
+from aaeventd.daemon.app import Daemon
 from tests.support import (
     FACTOR,
     TIMEOUT,

@@ -29,14 +29,14 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage
 
-from aaeventd.handshakes import (
+from aaeventd.daemon.handshakes import (
     MIN_AGE_TO_EVICT,
     AcceptExhaustion,
     HandshakeSettings,
     LogThrottle,
     PendingHandshakes,
 )
-from aaeventd.peers import proc_net_tcp_uid, sock_diag_uid
+from aaeventd.daemon.peers import proc_net_tcp_uid, sock_diag_uid
 from tests.support import (
     FACTOR,
     REPO,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from aaeventd import __version__
-from aaeventd.hub import (
+from aaeventd.daemon.hub import (
     CONNECTED_MAX_BYTES,
     CUT_MARK,
     KNOWN_TYPE_LABELS,

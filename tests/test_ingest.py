@@ -1,4 +1,4 @@
-"""The sources' side (aaeventd.ingest, PROTOCOL §1): real Unix sockets, in-process daemon.
+"""The sources' side (aaeventd.daemon.ingest, PROTOCOL §1): real Unix sockets, in-process daemon.
 
 Every test talks to a :func:`~tests.support.running_daemon` over its real Unix socket
 and, where clients matter, over real WebSocket connections.  Nothing waits blindly:
@@ -28,10 +28,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from aaeventd import __version__
-from aaeventd.app import Daemon
+from aaeventd.daemon.app import Daemon
+from aaeventd.daemon.ingest import REPLY_BUFFER_LIMIT, SourceConnection
+from aaeventd.daemon.logsetup import TextFormatter
 from aaeventd.errors import StartupError
-from aaeventd.ingest import REPLY_BUFFER_LIMIT, SourceConnection
-from aaeventd.logsetup import TextFormatter
 from tests.support import (
     FACTOR,
     TIMEOUT,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aaeventd.journal import EPOCH_FILE, Journal, JournalInUse, fsync_fds
+from aaeventd.daemon.journal import EPOCH_FILE, Journal, JournalInUse, fsync_fds
 from tests.support import Source, private_daemon, run
 
 

@@ -1,6 +1,6 @@
 """The journal failing safely (PROTOCOL §4, §4.1), with faults injected into its writes.
 
-A stand-in for the ``os`` module inside ``aaeventd.journal`` lets a test make the
+A stand-in for the ``os`` module inside ``aaeventd.daemon.journal`` lets a test make the
 journal's data writes short or failing (ENOSPC) while everything else, the in-place
 state record included, works as on a real full disk.  The daemon on a real small file
 system is tests/test_disk_full.py.
@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from aaeventd import journal as journal_module
-from aaeventd.app import _Holes, _journal_chunk
-from aaeventd.journal import EPOCH_FILE, STATE_FILE, Journal
+from aaeventd.daemon import journal as journal_module
+from aaeventd.daemon.app import _Holes, _journal_chunk
+from aaeventd.daemon.journal import EPOCH_FILE, STATE_FILE, Journal
 from aaeventd.protocol.filters import TypeFilter
 
 

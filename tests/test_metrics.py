@@ -10,8 +10,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from aaeventd.config import Config
-from aaeventd.metrics import Metric, render_metrics
-from aaeventd.peers import OwnerUnknown
+from aaeventd.daemon.metrics import Metric, render_metrics
+from aaeventd.daemon.peers import OwnerUnknown
 from tests.support import (
     TIMEOUT,
     Source,

@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect_sync
 
-from aaeventd.notify import Notifier, ascii_line, listen_fds
+from aaeventd.daemon.notify import Notifier, ascii_line, listen_fds
 from tests.support import TIMEOUT, aaeventd_cmd, reap, short_tmpdir, subprocess_env
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

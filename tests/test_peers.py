@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from aaeventd.peers import (
+from aaeventd.daemon.peers import (
     NLMSG_ERROR,
     SOCK_DIAG_BY_FAMILY,
     OwnerUnknown,

@@ -42,9 +42,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 
-from aaeventd import cli, web
-from aaeventd.app import Daemon
+from aaeventd import cli
 from aaeventd.config import WebSocketConfig
+from aaeventd.daemon import web
+from aaeventd.daemon.app import Daemon
 from aaeventd.errors import ConfigError, StartupError
 from aaeventd.protocol.codec import decode_client_message, decode_object
 from aaeventd.protocol.errors import ErrorCode, ProtocolError

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from aaeventd.console import LiveView
-from aaeventd.hub import Hub
+from aaeventd.cli.console import LiveView
+from aaeventd.daemon.hub import Hub
 from aaeventd.protocol.events import EVENT_ADAPTER
 from aaeventd.protocol.skills import skill_key
 from tests.support import REPO

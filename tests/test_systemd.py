@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from aaeventd.config import parse_config, resolve_journal_dir, resolve_socket_path
-from aaeventd.service import (
+from aaeventd.cli.service import (
     SERVICE_UNIT,
     SOCKET_UNITS,
     default_unit_dir,
@@ -38,6 +37,7 @@ from aaeventd.service import (
     install_service,
     render_units,
 )
+from aaeventd.config import parse_config, resolve_journal_dir, resolve_socket_path
 from tests.support import REPO, TIMEOUT, aaeventd_cmd, reap, short_tmpdir, subprocess_env
 from tests.test_notify import Log, line_source, write_config, ws_client
 

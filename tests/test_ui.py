@@ -1,4 +1,4 @@
-"""Browser tests of the web UI (``GET /``): aaeventd/static driven in Debian's Chromium.
+"""Browser tests of the web UI (``GET /``): aaeventd/daemon/static driven in Debian's Chromium.
 
 The daemon runs as a real subprocess, events come from a real source on its Unix
 socket, and Playwright for Python drives ``/usr/bin/chromium`` (its own browser
@@ -267,14 +267,14 @@ def ago(seconds: float) -> str:
 
 def test_inline_bootstrap_matches_the_content_security_policy() -> None:
     """The CSP's script hash is the inline bootstrap's, and nothing points off the daemon."""
-    html = (REPO / "aaeventd" / "static" / "index.html").read_text(encoding="utf-8")
+    html = (REPO / "aaeventd" / "daemon" / "static" / "index.html").read_text(encoding="utf-8")
     (script,) = re.findall(r'<script type="module">(.*?)</script>', html, re.S)
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     (csp,) = re.findall(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
     assert f"script-src 'self' 'sha256-{digest}';" in csp
     assert "connect-src 'self';" in csp
     for name in ("index.html", "app.js", "style.css"):
-        text = (REPO / "aaeventd" / "static" / name).read_text(encoding="utf-8")
+        text = (REPO / "aaeventd" / "daemon" / "static" / name).read_text(encoding="utf-8")
         assert re.findall(r"(?:https?|wss?)://|\binnerHTML\b|\bouterHTML\s*=", text) == [], name
 
 
@@ -753,7 +753,7 @@ def run_demo(src: RawSource, tag: str) -> None:
 # -- the rules the page shares with the daemon -------------------------------------
 
 SKILL_RULES = REPO / "tests" / "fixtures" / "running_skills.json"
-APP_JS = REPO / "aaeventd" / "static" / "app.js"
+APP_JS = REPO / "aaeventd" / "daemon" / "static" / "app.js"
 
 # What a skill card shows: its key, its label, its step line (the ✓ is status, not a
 # rule) and the bar's total.

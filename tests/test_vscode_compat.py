@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from aaeventd.app import Daemon
 from aaeventd.client import AsyncEventSource
+from aaeventd.daemon.app import Daemon
 from tests.support import (
     REPO,
     TIMEOUT,

@@ -1,4 +1,4 @@
-"""Tests for HTTP on the WebSocket port (PROTOCOL §2.4, §6): aaeventd.web.
+"""Tests for HTTP on the WebSocket port (PROTOCOL §2.4, §6): aaeventd.daemon.web.
 
 The access rules (Host, Origin, token, max_clients) and the plain GET routes are
 exercised over real TCP: raw HTTP requests written by hand where exact headers
@@ -25,8 +25,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
 from aaeventd import __version__
-from aaeventd.app import Daemon
-from aaeventd.web import AccessSettings, host_is_loopback, origin_allowed
+from aaeventd.daemon.app import Daemon
+from aaeventd.daemon.web import AccessSettings, host_is_loopback, origin_allowed
 from tests.support import (
     TIMEOUT,
     Source,

@@ -1,4 +1,4 @@
-"""Tests for the WebSocket side (PROTOCOL §2.1-§2.3): aaeventd.wsserver with the app.
+"""Tests for the WebSocket side (PROTOCOL §2.1-§2.3): aaeventd.daemon.wsserver with the app.
 
 Everything is real: the in-process daemon, sources on its Unix socket, websockets
 clients on its TCP port.  "Nothing else arrived" is proved with a heartbeat barrier:
@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from aaeventd import __version__
-from aaeventd.app import Daemon
+from aaeventd.daemon.app import Daemon
 from tests.support import (
     TIMEOUT,
     Source,

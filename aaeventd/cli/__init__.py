@@ -4,9 +4,9 @@
 ``main(argv) -> int`` parses the command line and returns the exit code: 0 success,
 1 runtime failure (daemon unreachable, event rejected, socket in use), 2 bad
 configuration or usage.  This is the only module that prints; it reaches the
-daemon's internals only through :mod:`aaeventd.app`, :mod:`aaeventd.client`,
-:mod:`aaeventd.service` and the public protocol (WebSocket, ``/healthz``,
-``/clients``).  What the text looks like is :mod:`aaeventd.console`'s business.
+daemon's internals only through :mod:`aaeventd.daemon.app`, :mod:`aaeventd.client`,
+:mod:`aaeventd.cli.service` and the public protocol (WebSocket, ``/healthz``,
+``/clients``).  What the text looks like is :mod:`aaeventd.cli.console`'s business.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Protocol, TextIO
 from urllib.parse import urlencode
 
 from aaeventd import __version__
+from aaeventd.cli.console import LiveView, format_clients, format_event, format_health
 from aaeventd.config import Config, load_config, resolve_socket_path, resolve_token_file
-from aaeventd.console import LiveView, format_clients, format_event, format_health
 from aaeventd.endpoints import http_base, url_host, websocket_url
 from aaeventd.errors import AaeventdError, ConfigError
 from aaeventd.tokens import read_token
@@ -291,7 +291,7 @@ def _load(args: argparse.Namespace) -> tuple[Config, str | None]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aaeventd.app import serve
+    from aaeventd.daemon.app import serve
 
     config, path = _load(args)
     return asyncio.run(serve(config, config_path=path))
@@ -797,7 +797,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_install_service(args: argparse.Namespace) -> int:
-    from aaeventd.service import install_service
+    from aaeventd.cli.service import install_service
 
     return install_service(
         socket_activated=args.socket_activated,

@@ -36,21 +36,20 @@ from aaeventd.config import (
     resolve_token_file,
     with_restart_keys_from,
 )
-from aaeventd.errors import ConfigError, StartupError
-from aaeventd.handshakes import AcceptExhaustion, HandshakeGuard, HandshakeSettings, raise_fd_limit
-from aaeventd.hub import Broadcast, Effect, Hub, HubLimits, SourceId, Stamped, ToSource
-from aaeventd.ingest import IngestServer, IngestSettings, SourceConnection
-from aaeventd.journal import Journal, fsync_fds, new_epoch
-from aaeventd.logsetup import configure_logging, log_batch, redact, redact_set
-from aaeventd.notify import Notifier, listen_fds
-from aaeventd.protocol.codec import encode_json, ws_text_frame
-from aaeventd.protocol.errors import ProtocolError
-from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseTimer, ResumeTimer
-from aaeventd.protocol.filters import TypeFilter
-from aaeventd.tokens import load_or_create_token
-from aaeventd.views import DaemonViews
-from aaeventd.web import AccessSettings, HttpFront
-from aaeventd.wsserver import (
+from aaeventd.daemon.handshakes import (
+    AcceptExhaustion,
+    HandshakeGuard,
+    HandshakeSettings,
+    raise_fd_limit,
+)
+from aaeventd.daemon.hub import Broadcast, Effect, Hub, HubLimits, SourceId, Stamped, ToSource
+from aaeventd.daemon.ingest import IngestServer, IngestSettings, SourceConnection
+from aaeventd.daemon.journal import Journal, fsync_fds, new_epoch
+from aaeventd.daemon.logsetup import configure_logging, log_batch, redact, redact_set
+from aaeventd.daemon.notify import Notifier, listen_fds
+from aaeventd.daemon.views import DaemonViews
+from aaeventd.daemon.web import AccessSettings, HttpFront
+from aaeventd.daemon.wsserver import (
     REPLAY_PIECE_BYTES,
     REPLAY_PIECE_EVENTS,
     ClientSession,
@@ -59,8 +58,14 @@ from aaeventd.wsserver import (
     StreamStart,
     WsServer,
 )
+from aaeventd.errors import ConfigError, StartupError
+from aaeventd.protocol.codec import encode_json, ws_text_frame
+from aaeventd.protocol.errors import ProtocolError
+from aaeventd.protocol.events import ClientMessage, ConfirmationResponse, PauseTimer, ResumeTimer
+from aaeventd.protocol.filters import TypeFilter
+from aaeventd.tokens import load_or_create_token
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.app")
 events_log = logging.getLogger("aaeventd.events")
 audit_log = logging.getLogger("aaeventd.audit")
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 if TYPE_CHECKING:  # only in annotations: ingest.py uses LogThrottle without websockets
     from websockets.asyncio.server import ServerConnection
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.handshakes")
 
 K = TypeVar("K")
 

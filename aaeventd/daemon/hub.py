@@ -3,7 +3,7 @@
 Every method takes the current time as arguments (``now``: monotonic seconds, for
 deadlines; ``wall``: Unix time, for timestamps) and returns *effect records*
 (:class:`Broadcast`, :class:`ToSource`) that the composition root
-(:mod:`aaeventd.app`) executes: journal, log line, fan-out, replies.  Nothing here
+(:mod:`aaeventd.daemon.app`) executes: journal, log line, fan-out, replies.  Nothing here
 touches a socket, a file, a clock or asyncio, so every rule is testable in
 microseconds.
 

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aaeventd import SERVER_NAME, __version__
+from aaeventd.daemon.handshakes import LogThrottle
 from aaeventd.errors import StartupError
-from aaeventd.handshakes import LogThrottle
 from aaeventd.protocol.codec import decode_object, encode_json
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import validate_event
 from aaeventd.protocol.framer import LineFramer, TooLong
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.ingest")
 
 # Replies queued for a source that does not read them are dropped past this many bytes
 # (about 11,000 acks on top of what the kernel's socket buffer holds).  64 sources that

@@ -49,7 +49,7 @@ from typing import BinaryIO, Literal, Protocol
 from aaeventd.errors import StartupError
 from aaeventd.protocol.codec import rfc3339_utc
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.journal")
 
 FsyncPolicy = Literal["always", "interval", "never"]
 _NAME_RE = re.compile(r"^events-(\d{12})\.jsonl$")

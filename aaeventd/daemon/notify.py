@@ -11,7 +11,7 @@ once when the manager re-created its socket, and checks ``WATCHDOG_PID`` itself.
 :func:`listen_fds` adopts sockets passed by systemd (``LISTEN_FDS``).
 
 Must not touch: the hub, the servers, the event loop (the caller decides when to
-send: :mod:`aaeventd.app` pings the watchdog from the loop itself).
+send: :mod:`aaeventd.daemon.app` pings the watchdog from the loop itself).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping, MutableMapping
 
 import sdnotify
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.notify")
 
 SD_LISTEN_FDS_START = 3
 STATUS_MAX_CHARS = 400

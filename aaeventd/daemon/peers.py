@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.peers")
 
 PROC_FILES = ("/proc/net/tcp", "/proc/net/tcp6")
 

@@ -1,6 +1,6 @@
 """Read-only views of a running daemon: ``/healthz``, ``/clients`` and ``/metrics``.
 
-Implements :class:`~aaeventd.web.StatusSource` over the daemon's components.  It
+Implements :class:`~aaeventd.daemon.web.StatusSource` over the daemon's components.  It
 reads counters and state and changes nothing; the HTTP layer formats nothing but the
 bytes it is given.
 """
@@ -13,13 +13,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aaeventd import SERVER_NAME, __version__
-from aaeventd.handshakes import AcceptExhaustion
-from aaeventd.journal import JournalHealth
-from aaeventd.metrics import Metric, render_metrics
+from aaeventd.daemon.handshakes import AcceptExhaustion
+from aaeventd.daemon.journal import JournalHealth
+from aaeventd.daemon.metrics import Metric, render_metrics
 from aaeventd.protocol.codec import rfc3339_utc
 
 if TYPE_CHECKING:
-    from aaeventd.app import Daemon
+    from aaeventd.daemon.app import Daemon
 
 
 class DaemonViews:

@@ -25,10 +25,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from aaeventd.handshakes import LogThrottle
-from aaeventd.peers import OwnerUnknown, PeerOwners
+from aaeventd.daemon.handshakes import LogThrottle
+from aaeventd.daemon.peers import OwnerUnknown, PeerOwners
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.web")
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # Headers read as one value: a request carrying one of them twice is refused with 400
@@ -298,7 +298,7 @@ def _static(name: str) -> Response:
     suffix = name[name.rfind(".") :] if "." in name else ""
     content_type = _STATIC_TYPES.get(suffix)
     try:
-        data = resources.files("aaeventd").joinpath("static", name).read_bytes()
+        data = resources.files("aaeventd.daemon").joinpath("static", name).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         return _text(http.HTTPStatus.NOT_FOUND, "not found\n")
     if content_type is None:

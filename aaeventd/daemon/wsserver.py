@@ -34,15 +34,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from aaeventd.handshakes import HandshakeGuard
-from aaeventd.hub import Stamped
+from aaeventd.daemon.handshakes import HandshakeGuard
+from aaeventd.daemon.hub import Stamped
+from aaeventd.daemon.web import HttpFront
 from aaeventd.protocol.codec import decode_client_message, encode_json, ws_text_frame
 from aaeventd.protocol.errors import ProtocolError
 from aaeventd.protocol.events import ClientMessage, Heartbeat, Subscribe, parse_client_message
 from aaeventd.protocol.filters import TypeFilter
-from aaeventd.web import HttpFront
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aaeventd.wsserver")
 
 # Close code and reason for a client that does not keep up (§2.3).
 SLOW_CLOSE_CODE = 1013
