@@ -852,13 +852,13 @@ def reader_probe(directory: Path, events: int) -> dict[str, float]:
     """µs/event of the replay's journal reader, run in this process on a filled journal.
 
     ``read``: ``Journal.read_since`` alone (file iteration and each line's seq);
-    ``backfill``: what ``Daemon.backfill`` runs in its worker thread for an unfiltered
-    client (``read_since``, then ``_journal_chunk``: the frame of each line);
+    ``backfill``: what ``replay.backfill`` runs in its worker thread for an unfiltered
+    client (``read_since``, then ``replay.journal_chunk``: the frame of each line);
     ``loads``: ``json.loads`` of the same lines alone (what a filtered client adds).
     """
     # Imported here: every spawned client and source process re-imports this module.
-    from aaeventd.daemon.app import _journal_chunk
     from aaeventd.daemon.journal import Journal
+    from aaeventd.daemon.replay import journal_chunk
     from aaeventd.protocol.filters import TypeFilter
 
     journal = Journal(directory, max_file_bytes=1 << 40, max_files=1 << 10, fsync="never")
@@ -875,7 +875,7 @@ def reader_probe(directory: Path, events: int) -> dict[str, float]:
     source = journal.read_since(0)
     frames = 0
     while True:
-        chunk = _journal_chunk(source, events, everything)
+        chunk = journal_chunk(source, events, everything)
         frames += len(chunk.frames)
         if chunk.done:
             break

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from aaeventd.daemon import journal as journal_module
-from aaeventd.daemon.app import _Holes, _journal_chunk
 from aaeventd.daemon.journal import EPOCH_FILE, STATE_FILE, Journal
+from aaeventd.daemon.replay import Holes, journal_chunk
 from aaeventd.protocol.filters import TypeFilter
 
 
@@ -404,11 +404,11 @@ def frame_payloads(data: bytes) -> Iterator[bytes]:
 
 
 def chunk_messages(j: Journal, first: int, last: int) -> list[dict[str, Any]]:
-    holes = _Holes(first, j.unjournaled_ranges(first, last), j.oldest_seq)
+    holes = Holes(first, j.unjournaled_ranges(first, last), j.oldest_seq)
     lines = j.read_since(first - 1)
     out: list[dict[str, Any]] = []
     while True:
-        chunk = _journal_chunk(lines, last, TypeFilter.from_query(None), holes)
+        chunk = journal_chunk(lines, last, TypeFilter.from_query(None), holes)
         out.extend(json.loads(payload) for payload in frame_payloads(b"".join(chunk.frames)))
         if chunk.done:
             return out

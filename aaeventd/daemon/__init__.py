@@ -4,7 +4,7 @@
 :class:`~aaeventd.config.Config` and is the one place that executes the hub's effect
 records); :mod:`~aaeventd.daemon.hub` is the pure state; :mod:`~aaeventd.daemon.ingest`
 (sources' Unix socket), :mod:`~aaeventd.daemon.wsserver` and :mod:`~aaeventd.daemon.web`
-(the WebSocket/HTTP port), :mod:`~aaeventd.daemon.journal`,
+(the WebSocket/HTTP port), :mod:`~aaeventd.daemon.journal`, :mod:`~aaeventd.daemon.replay`,
 :mod:`~aaeventd.daemon.notify`, :mod:`~aaeventd.daemon.logsetup` and the rest are the
 I/O around it; ``static/`` is the web UI the daemon serves.
 

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,8 @@ from aaeventd.daemon.ingest import IngestServer, IngestSettings, SourceConnectio
 from aaeventd.daemon.journal import Journal, fsync_fds, new_epoch
 from aaeventd.daemon.logsetup import configure_logging, log_batch, redact, redact_set
 from aaeventd.daemon.notify import Notifier, listen_fds
+from aaeventd.daemon.replay import backfill as journal_backfill
+from aaeventd.daemon.replay import gap_frame
 from aaeventd.daemon.views import DaemonViews
 from aaeventd.daemon.web import AccessSettings, HttpFront
 from aaeventd.daemon.wsserver import (
@@ -774,7 +776,7 @@ class Daemon:
         if since is None:
             return start
         if epoch is not None and epoch != hub.epoch:
-            start.head.append(_control_frame(_gap("epoch_changed", None, None)))
+            start.head.append(gap_frame("epoch_changed", None, None))
             return start
         # Up to the last released seq: held batches reach this client live, once, after
         # the replay (it is in the sessions before they are released).
@@ -795,29 +797,15 @@ class Daemon:
         if piece.gap is None:
             return ReplayPiece(piece.last, piece.frames)
         if self.journal is None:
-            return ReplayPiece(piece.last, [_control_frame(_gap("evicted", *piece.gap))])
+            return ReplayPiece(piece.last, [gap_frame("evicted", *piece.gap)])
         return ReplayPiece(piece.last, backfill=piece.gap)
 
-    async def backfill(
+    def backfill(
         self, seqs: tuple[int, int], type_filter: TypeFilter
     ) -> AsyncGenerator[tuple[bytes, int], None]:
-        """Read ``seqs`` from the journal off the event loop, in chunks of frames.
-
-        Every seq of the range the journal lacks is announced where it falls by a
-        ``replay_gap`` (§2.3): ``evicted`` before the oldest journal file,
-        ``not_journaled`` after it (a write failed, §4.1) or where this run knows one did.
-        """
-        first, last = seqs
-        journal = self.journal
-        assert journal is not None
-        holes = _Holes(first, journal.unjournaled_ranges(first, last), journal.oldest_seq)
-        lines = journal.read_since(first - 1)
-        while True:
-            chunk = await asyncio.to_thread(_journal_chunk, lines, last, type_filter, holes)
-            if chunk.frames:
-                yield b"".join(chunk.frames), len(chunk.frames)
-            if chunk.done:
-                return
+        """Read ``seqs`` from the journal off the event loop (:mod:`.replay`)."""
+        assert self.journal is not None
+        return journal_backfill(self.journal, seqs, type_filter)
 
     def client_message(self, session: ClientSession, message: ClientMessage) -> None:
         now = self._now()
@@ -860,116 +848,8 @@ class Daemon:
         """Nothing to clean up in the hub: answers are not tied to a client."""
 
 
-@dataclass
-class _Chunk:
-    frames: list[bytes]
-    first: int | None
-    done: bool
-
-
-BACKFILL_CHUNK = 2000
-
-
-@dataclass
-class _Holes:
-    """A journal backfill's progress through its seq range, to announce what is missing.
-
-    ``expected``: the next seq due; ``known``: this run's unjournaled ranges in the
-    range; ``oldest``: the seq the oldest journal file starts at (what lies before it
-    was evicted), asked only when there is a hole (it lists the directory).
-    """
-
-    expected: int
-    known: list[tuple[int, int]]
-    oldest: Callable[[], int | None]
-    _floor: int | None = None
-    _floor_read: bool = False
-
-    def gaps(self, upto: int) -> list[bytes]:
-        """``replay_gap`` frames for ``expected..upto``, none of which the journal holds."""
-        start, self.expected = self.expected, upto + 1
-        spans: list[tuple[str, int, int]] = []
-        pos = start
-        for a, b in self.known:
-            if b < pos or a > upto:
-                continue
-            if a > pos:
-                spans.extend(self._by_floor(pos, a - 1))
-            spans.append(("not_journaled", max(a, pos), min(b, upto)))
-            pos = min(b, upto) + 1
-        if pos <= upto:
-            spans.extend(self._by_floor(pos, upto))
-        merged: list[tuple[str, int, int]] = []
-        for reason, a, b in spans:
-            if merged and merged[-1][0] == reason and merged[-1][2] + 1 == a:
-                merged[-1] = (reason, merged[-1][1], b)
-            else:
-                merged.append((reason, a, b))
-        return [_control_frame(_gap(reason, a, b)) for reason, a, b in merged]
-
-    def _by_floor(self, a: int, b: int) -> list[tuple[str, int, int]]:
-        if not self._floor_read:
-            self._floor, self._floor_read = self.oldest(), True
-        floor = self._floor if self._floor is not None else b + 1
-        spans = []
-        if a < floor:
-            spans.append(("evicted", a, min(b, floor - 1)))
-        if b >= floor:
-            spans.append(("not_journaled", max(a, floor), b))
-        return spans
-
-
-def _journal_chunk(
-    lines: Iterator[tuple[int, bytes]],
-    last: int,
-    type_filter: TypeFilter,
-    holes: _Holes | None = None,
-) -> _Chunk:
-    """Up to BACKFILL_CHUNK journal lines with seq <= last, as frames (runs in a thread).
-
-    A line is parsed only when the client filters by type; the seq comes from the
-    journal's own cheap lookup.  A chunk stops at about REPLAY_PIECE_BYTES of frames:
-    it is what a client that does not read holds (§2.3).  With ``holes``, the seqs the
-    journal lacks come as ``replay_gap`` frames where they fall, and a line whose seq
-    was already passed is never sent twice.
-    """
-    frames: list[bytes] = []
-    size = 0
-    first: int | None = None
-    everything = type_filter.matches_all
-    for _ in range(BACKFILL_CHUNK):
-        item = next(lines, None)
-        if item is None or item[0] > last:
-            if holes is not None and holes.expected <= last:
-                frames.extend(holes.gaps(last))
-            return _Chunk(frames, first, True)
-        seq, line = item
-        if holes is not None:
-            if seq < holes.expected:
-                continue
-            if seq > holes.expected:
-                frames.extend(holes.gaps(seq - 1))
-            holes.expected = seq + 1
-        if first is None:
-            first = seq
-        if everything or type_filter.matches(str(json.loads(line).get("type"))):
-            frames.append(ws_text_frame(bytes(line)))
-            size += len(frames[-1])
-            if size >= REPLAY_PIECE_BYTES:
-                break
-    return _Chunk(frames, first, False)
-
-
 class _Stop(Exception):
     """Raised inside the task group to cancel the background tasks on stop."""
-
-
-def _control_frame(message: dict[str, Any]) -> bytes:
-    return ws_text_frame(encode_json(message))
-
-
-def _gap(reason: str, first: int | None, last: int | None) -> dict[str, Any]:
-    return {"type": "replay_gap", "reason": reason, "from": first, "to": last}
 
 
 def _loggable(value: Any) -> Any:
