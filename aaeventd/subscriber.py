@@ -13,6 +13,11 @@ Example::
         for frame in sub:
             print(frame["type"], frame.get("seq"))
 
+:class:`Confirmations` (and the one-call :func:`pending_confirmations` and
+:func:`answer_confirmation` built on it) is the confirm side, what ``aaeventd
+confirm`` speaks: list the pending confirmations, answer one, and know whether the
+answer won.
+
 ``url`` may be the daemon's ``http://`` address too (the link ``aaeventd ui``
 prints): :func:`aaeventd.endpoints.websocket_url` builds the stream's URL.  Pauses
 between reconnection attempts follow :func:`aaeventd.backoff.backoff`.
@@ -219,3 +224,201 @@ class Subscriber:
             frame = self.recv()
             if frame is not None:
                 yield frame
+
+
+# -- confirmations -------------------------------------------------------------------
+
+# What a confirmation connection subscribes to: only what tells whether an answer won
+# (``error`` and ``heartbeat_ack`` are never filtered), so that a busy stream does not
+# pile up while a human reads the prompt.
+CONFIRMATION_TYPES = "confirmation_answered"
+
+
+class ConfirmationRefused(SubscriberError):
+    """The daemon refused an answer: ``code`` is its error code (``unknown_confirmation``,
+    ``invalid_response``, ...), the message is the daemon's."""
+
+    def __init__(self, code: str | None, message: str | None) -> None:
+        super().__init__(f"not answered ({code}): {message}")
+        self.code = code
+        self.reason = message
+
+
+class Confirmations:
+    """One WebSocket connection to list pending confirmations and answer one (PROTOCOL §2.2).
+
+    Entering connects and reads the ``connected`` snapshot (:attr:`pending` is its
+    ``pending_confirmations``); :meth:`answer` sends an answer and tells whether it won.
+    The connection stays open in between, so a human can take their time to choose.
+
+    Example::
+
+        with Confirmations("http://127.0.0.1:9876/") as conn:
+            for item in conn.pending:
+                print(item["id"], item.get("prompt"))
+            answered = conn.answer(conn.pending[0]["id"], "yes")
+
+    Args:
+        url: the daemon's address, ``ws://...`` or ``http://...`` (a ``?token=`` in it
+            is kept).
+        token: sent as ``?token=`` when the daemon requires one.
+        user_agent: the ``User-Agent`` header (shown as ``answered_by.user_agent`` and
+            in the daemon's audit line); ``None`` for websockets' default.
+        open_timeout: seconds to connect.
+        timeout: seconds to wait for each frame of the daemon's answer.
+
+    Raises:
+        ValueError: ``url`` is not an ``http``, ``https``, ``ws`` or ``wss`` URL.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        user_agent: str | None = None,
+        open_timeout: float = 5.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = websocket_url(url, types=CONFIRMATION_TYPES, token=token)
+        self.user_agent = user_agent
+        self.open_timeout = open_timeout
+        self.timeout = timeout
+        self.pending: list[dict[str, Any]] = []
+        self._ws: ClientConnection | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def shown_url(self) -> str:
+        """The URL without its query (never shows the token)."""
+        return self.url.split("?")[0]
+
+    def __enter__(self) -> Confirmations:
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect and read the snapshot into :attr:`pending`.
+
+        Raises:
+            SubscriberError: the daemon cannot be reached, refuses the connection
+                (``status``), does not answer in time or closes the connection.
+        """
+        extra: dict[str, Any] = {}
+        if self.user_agent is not None:
+            extra["user_agent_header"] = self.user_agent
+        with self._errors():
+            self._ws = self._stack.enter_context(
+                connect(
+                    self.url,
+                    open_timeout=self.open_timeout,
+                    max_size=None,
+                    close_timeout=2,
+                    **extra,
+                )
+            )
+            snapshot = json.loads(self._ws.recv(timeout=self.timeout))
+        self.pending = list(snapshot.get("pending_confirmations") or [])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._ws = None
+        self._stack.close()
+
+    def answer(self, cid: str, response: str, remember: str = "none") -> dict[str, Any]:
+        """Send the answer and tell whether it won: the ``confirmation_answered`` frame.
+
+        A ``heartbeat`` sent right after is the barrier: the daemon handles a client's
+        messages in order and writes the outcome of the answer (the ``error`` reply, or
+        the ``confirmation_answered`` broadcast) before the ``heartbeat_ack``.  So the
+        answer won exactly when ``confirmation_answered`` for this id, and no ``error``,
+        arrives before that ack (another client's earlier win is followed by our error).
+
+        Raises:
+            ConfirmationRefused: the daemon refused the answer (it lost, or is invalid).
+            SubscriberError: as :meth:`open`, or the daemon broke the protocol.
+        """
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("Confirmations.answer() outside its with block")
+        with self._errors():
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "confirmation_response",
+                        "id": cid,
+                        "response": response,
+                        "remember": remember,
+                    }
+                )
+            )
+            ws.send(json.dumps({"type": "heartbeat"}))
+            answered: dict[str, Any] | None = None
+            while True:
+                msg = json.loads(ws.recv(timeout=self.timeout))
+                kind = msg.get("type")
+                if kind == "error":
+                    raise ConfirmationRefused(msg.get("code"), msg.get("message"))
+                if kind == "confirmation_answered" and msg.get("id") == cid:
+                    answered = msg
+                elif kind == "heartbeat_ack":
+                    break
+        if answered is None:  # pragma: no cover - the daemon broke the protocol
+            raise SubscriberError(f"no confirmation_answered for {cid} from the daemon")
+        return answered
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The connection's failures as :class:`SubscriberError` (the cause chained)."""
+        try:
+            yield
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise SubscriberError(
+                f"{self.shown_url} refused the connection: HTTP {status}", status
+            ) from exc
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise SubscriberError(
+                f"cannot connect to {self.shown_url}: {exc} (is aaeventd running?)"
+            ) from exc
+        except ConnectionClosed as exc:
+            raise SubscriberError(f"the daemon closed the connection: {exc}") from exc
+
+
+def pending_confirmations(
+    url: str, *, token: str | None = None, user_agent: str | None = None
+) -> list[dict[str, Any]]:
+    """The pending confirmations of the daemon at ``url`` (its ``connected`` snapshot).
+
+    Raises:
+        SubscriberError: as :meth:`Confirmations.open`.
+    """
+    with Confirmations(url, token=token, user_agent=user_agent) as conn:
+        return conn.pending
+
+
+def answer_confirmation(
+    url: str,
+    cid: str,
+    response: str,
+    *,
+    remember: str = "none",
+    token: str | None = None,
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    """Answer confirmation ``cid`` with ``response``: the ``confirmation_answered`` frame.
+
+    Raises:
+        ConfirmationRefused: the daemon refused the answer (another client answered
+            first, the id is unknown, the response is not an option).
+        SubscriberError: as :meth:`Confirmations.open`.
+    """
+    with Confirmations(url, token=token, user_agent=user_agent) as conn:
+        return conn.answer(cid, response, remember)

@@ -1,4 +1,5 @@
-"""``aaeventd confirm``: list pending confirmations and answer one (aaeventd.cli).
+"""``aaeventd confirm``: list pending confirmations and answer one (aaeventd.cli.confirm),
+and the library calls it is built on (aaeventd.subscriber).
 
 The daemon runs in this test's loop; ``main([...])`` runs in a worker thread (its
 websockets client is the blocking one), so the test can play source and other
@@ -23,6 +24,12 @@ import pytest
 from aaeventd import __version__
 from aaeventd.cli import main
 from aaeventd.daemon.app import Daemon
+from aaeventd.subscriber import (
+    ConfirmationRefused,
+    SubscriberError,
+    answer_confirmation,
+    pending_confirmations,
+)
 from tests.support import (
     Source,
     make_config,
@@ -278,3 +285,52 @@ def test_confirm_usage_and_unreachable(capsys: pytest.CaptureFixture[str]) -> No
         port = holder.getsockname()[1]
         assert main(["confirm", "--url", f"ws://127.0.0.1:{port}/"]) == 1
     assert "is aaeventd running?" in capsys.readouterr().err
+
+
+# -- the library call the command is built on (aaeventd.subscriber) ------------------
+
+
+def test_library_lists_and_answers_pending_confirmations() -> None:
+    """pending_confirmations is the snapshot's list; answer_confirmation returns the
+    confirmation_answered frame, with the user agent given."""
+
+    async def body() -> None:
+        async with daemon() as (d, _), await Source.connect(d.socket_path, hello=HELLO) as src:
+            cid = await ask(src, prompt="Ship it?", options=["yes", "no"])
+            pending = await asyncio.to_thread(pending_confirmations, url(d))
+            assert [(p["id"], p["prompt"]) for p in pending] == [(cid, "Ship it?")]
+            answered = await asyncio.to_thread(
+                answer_confirmation, url(d), cid, "no", remember="this-skill", user_agent="lib/1"
+            )
+            assert (answered["id"], answered["response"], answered["remember"]) == (
+                cid,
+                "no",
+                "this-skill",
+            )
+            assert answered["answered_by"]["user_agent"] == "lib/1"
+            assert (await src.recv())["response"] == "no"
+            assert await asyncio.to_thread(pending_confirmations, url(d)) == []
+
+    run(body())
+
+
+def test_library_answer_that_loses_raises_confirmation_refused() -> None:
+    """An answer the daemon refuses raises ConfirmationRefused with the daemon's code."""
+
+    async def body() -> None:
+        async with daemon() as (d, _):
+            with pytest.raises(ConfirmationRefused) as caught:
+                await asyncio.to_thread(answer_confirmation, url(d), "nope", "yes")
+        assert caught.value.code == "unknown_confirmation"
+        assert str(caught.value).startswith("not answered (unknown_confirmation): ")
+
+    run(body())
+
+
+def test_library_without_a_daemon_raises_subscriber_error() -> None:
+    """Nothing listening: SubscriberError, naming the URL without its query."""
+    with socket.socket() as holder:  # bound, never listening: connections are refused
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        with pytest.raises(SubscriberError, match=r"^cannot connect to ws://127\.0\.0\.1:\d+/: "):
+            pending_confirmations(f"http://127.0.0.1:{port}/?token=secret")

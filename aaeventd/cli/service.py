@@ -11,6 +11,7 @@ the ``out``/``err`` streams it is given, so the CLI decides where they land.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -304,3 +305,12 @@ def _print_next_steps(out: TextIO, target: Path, units: dict[str, str], *, defau
     print(f"  systemctl --user status {SERVICE_UNIT}", file=out)
     print(f"  journalctl --user -u {SERVICE_UNIT} -f", file=out)
     print('  loginctl enable-linger "$USER"   # keep it running when you are logged out', file=out)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    return install_service(
+        socket_activated=args.socket_activated,
+        dry_run=args.dry_run,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
