@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from aaeventd.protocol.skills import find_skill, skill_key
+from aaeventd.protocol.skills import SKILL_END_TYPES, STEP_TYPES, find_skill, name_of, skill_key
 
 # Same rules as the daemon's running-skills list (PROTOCOL §2.1).
-SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
-STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
 HEAL_START_TYPES = frozenset({"heal_started", "auto_heal_triggered"})
 HEAL_END_TYPES = frozenset({"heal_completed", "auto_heal_completed"})
 CONFIRMATION_END_TYPES = frozenset({"confirmation_answered", "confirmation_expired"})
@@ -388,9 +386,9 @@ class LiveView:
             started = _parse_time(item.get("started_at"))
             self._skills[key] = _Skill(
                 key=key,
-                skill_id=_str(item.get("skill_id")),
-                session_id=_str(item.get("session_id")),
-                skill_name=_str(item.get("skill_name")),
+                skill_id=name_of(item.get("skill_id")),
+                session_id=name_of(item.get("session_id")),
+                skill_name=name_of(item.get("skill_name")),
                 total_steps=_count(item.get("total_steps")),
                 step_index=index,
                 step_name=_str(item.get("current_step_name")),
@@ -454,9 +452,9 @@ class LiveView:
             self._skills.pop(key, None)
             self._skills[key] = _Skill(
                 key=key,
-                skill_id=_str(event.get("skill_id")),
-                session_id=_str(event.get("session_id")),
-                skill_name=_str(event.get("skill_name")),
+                skill_id=name_of(event.get("skill_id")),
+                session_id=name_of(event.get("session_id")),
+                skill_name=name_of(event.get("skill_name")),
                 total_steps=_count(event.get("total_steps")),
                 step_index=None,
                 step_name=None,

@@ -31,14 +31,21 @@ from aaeventd import SERVER_NAME, __version__
 from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import KNOWN_TYPES, ConfirmationResponse, normalize_confirmation
-from aaeventd.protocol.skills import CUT_MARK, event_refs, find_skill, shown_name, skill_key
+from aaeventd.protocol.skills import (
+    CUT_MARK,
+    SKILL_END_TYPES,
+    STEP_TYPES,
+    event_refs,
+    find_skill,
+    name_of,
+    shown_name,
+    skill_key,
+)
 
 # Running skills (PROTOCOL §2.1): bounded by count and by idleness.
 MAX_RUNNING_SKILLS = 100
 SKILL_IDLE_SECONDS = 3600.0
 
-_SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
-_STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
 
 # The connected frame (§2.1) is at most this many bytes of JSON, whatever sources sent.
 CONNECTED_MAX_BYTES = 1 << 20
@@ -482,10 +489,10 @@ class Hub:
         skill = self._find_skill(event_refs(event))
         if skill is None:
             return
-        if event_type not in _STEP_TYPES and event_type not in _SKILL_END_TYPES:
+        if event_type not in STEP_TYPES and event_type not in SKILL_END_TYPES:
             skill.last_event = now  # a heal or confirmation naming the skill: still alive
             return
-        if event_type in _SKILL_END_TYPES:
+        if event_type in SKILL_END_TYPES:
             del self._skills[skill.key]
             return
         skill.last_event = now
@@ -507,9 +514,9 @@ class Hub:
         self._skills.pop(key, None)
         self._skills[key] = RunningSkill(
             key=key,
-            skill_id=_str_or_none(refs.get("skill_id")),
-            session_id=_str_or_none(refs.get("session_id")),
-            skill_name=_str_or_none(refs.get("skill_name")),
+            skill_id=name_of(refs.get("skill_id")),
+            session_id=name_of(refs.get("session_id")),
+            skill_name=name_of(refs.get("skill_name")),
             total_steps=event.get("total_steps"),
             current_step=None,
             current_step_name=None,
@@ -828,7 +835,3 @@ class Hub:
 _SKILLS_OPEN = b',"running_skills":['
 _PENDING_OPEN = b'],"pending_confirmations":['
 _SNAPSHOT_CLOSE = b"]}"
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None

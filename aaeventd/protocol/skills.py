@@ -21,6 +21,10 @@ from collections.abc import Mapping, Reversible
 from typing import Any, Protocol, TypeVar
 
 SKILL_KEYS = ("skill_id", "session_id", "skill_name")
+#: Events that end a running skill (``step_failed`` does not).
+SKILL_END_TYPES = frozenset({"skill_completed", "skill_failed", "skill_error"})
+#: Events that move or refresh a running skill's step.
+STEP_TYPES = frozenset({"step_started", "step_completed", "step_failed"})
 #: Names up to this many characters are kept whole; longer ones as a stand-in.
 NAME_KEEP_CHARS = 4096
 #: The mark that ends a name cut for showing.
@@ -43,11 +47,20 @@ class NamedSkill(Protocol):
 S = TypeVar("S", bound=NamedSkill)
 
 
+def name_of(value: Any) -> str | None:
+    """A skill name field as the rules read it: a non-empty string, else absent.
+
+    An empty ``skill_id`` names nothing (validation allows it): such an event is keyed
+    and matched by its next field, as the web UI does.
+    """
+    return value if isinstance(value, str) and value else None
+
+
 def skill_key(event: Mapping[str, Any]) -> str | None:
     """The key of the skill a ``skill_started`` (or a snapshot entry) starts."""
     for name in SKILL_KEYS:
-        value = event.get(name)
-        if isinstance(value, str):
+        value = name_of(event.get(name))
+        if value is not None:
             return value
     return None
 
@@ -55,8 +68,8 @@ def skill_key(event: Mapping[str, Any]) -> str | None:
 def find_skill(running: Reversible[S], event: Mapping[str, Any]) -> S | None:
     """The running skill ``event`` names, oldest start first in ``running``."""
     for name in SKILL_KEYS:
-        value = event.get(name)
-        if not isinstance(value, str):
+        value = name_of(event.get(name))
+        if value is None:
             continue
         for skill in reversed(running):
             if getattr(skill, name) == value:
