@@ -16,7 +16,8 @@ Usage (what ``run_all.py`` does)::
     python benchmarks/baseline_server.py --socket /tmp/x/ev.sock
 
 It logs ``baseline ready: sources on PATH, clients on ws://127.0.0.1:PORT/`` to stderr
-once both sockets listen, and stops on SIGTERM or SIGINT.
+once both sockets listen (and sends ``READY=1`` to ``$NOTIFY_SOCKET`` when set, as the
+daemon does), and stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -85,6 +87,10 @@ async def main(socket_path: str, host: str) -> None:
             file=sys.stderr,
             flush=True,
         )
+        notify = os.environ.get("NOTIFY_SOCKET")
+        if notify:  # sd_notify, as the daemon does: the harness waits for it
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"READY=1", notify)
         await stop.wait()
     unix.close()
     await unix.wait_closed()

@@ -174,21 +174,6 @@ def test_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None
     second.close()
 
 
-def test_dirty_fd_is_a_duplicate_only_when_something_was_written(tmp_path: Path) -> None:
-    """dirty_fd hands out a separate fd to fsync in a thread, once per write burst."""
-    j = journal(tmp_path, fsync="interval")
-    j.open()
-    assert j.dirty_fd() is None
-    j.append(rows(lines(1, 1)))
-    fd = j.dirty_fd()
-    assert fd is not None
-    assert os.fstat(fd).st_ino == j.files()[0].stat().st_ino
-    os.fsync(fd)
-    os.close(fd)
-    assert j.dirty_fd() is None
-    j.close()
-
-
 def test_always_leaves_every_fsync_to_the_owner_even_across_a_rotation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,20 +17,15 @@ import ast
 import asyncio
 import base64
 import contextlib
-import functools
 import inspect
 import json
 import logging
 import os
-import pwd
 import random
 import re
-import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -54,19 +49,19 @@ from aaeventd.protocol.framer import LineFramer, TooLong
 from aaeventd.tokens import load_or_create_token
 from tests.support import (
     FACTOR,
-    REPO,
+    IS_ROOT,
     TIMEOUT,
     Source,
-    aaeventd_cmd,
+    daemon_process,
     make_config,
+    needs_root,
+    other_user,
     recv_json,
     recv_until,
     run,
+    run_script_as_other_user,
     running_daemon,
     short_tmpdir,
-    stderr_lines,
-    subprocess_env,
-    wait_for_line,
     ws_connect,
 )
 from tests.support import (
@@ -102,14 +97,6 @@ CLIENT_CODES = frozenset(
         "invalid_response",
         "message_too_big",
     }
-)
-
-IS_ROOT = os.geteuid() == 0
-IN_CI = os.environ.get("AAEVENTD_CI") == "1"
-# Off CI a developer may run the suite unprivileged; CI runs as root and must run these.
-needs_root = pytest.mark.skipif(
-    not IS_ROOT and not IN_CI,
-    reason="needs root to act as another uid (nobody); CI runs the suite as root",
 )
 
 
@@ -371,55 +358,6 @@ f.close()
 s.close()
 print(json.dumps(out))
 """
-
-
-@functools.cache
-def other_user() -> tuple[int, int, str]:
-    """``nobody``'s uid, gid, and a Python interpreter that user may run."""
-    entry = pwd.getpwnam("nobody")
-    candidates = [sys.executable, shutil.which("python3") or "", "/usr/bin/python3"]
-    for python in candidates:
-        if not python:
-            continue
-        try:
-            probe = subprocess.run(
-                [python, "-I", "-c", "pass"],
-                user=entry.pw_uid,
-                group=entry.pw_gid,
-                extra_groups=[],
-                cwd="/",
-                env={"PATH": "/usr/bin:/bin"},
-                capture_output=True,
-                timeout=TIMEOUT,
-                check=False,
-            )
-        except PermissionError:  # e.g. a venv under /root, which nobody cannot enter
-            continue
-        if probe.returncode == 0:
-            return entry.pw_uid, entry.pw_gid, python
-    raise AssertionError(f"user nobody can run none of {candidates}")
-
-
-async def run_script_as_other_user(script: str, *args: str) -> str:
-    """Run a Python ``script`` with ``args`` as ``nobody``; its standard output."""
-    uid, gid, python = other_user()
-    proc = await asyncio.create_subprocess_exec(
-        python,
-        "-I",
-        "-c",
-        script,
-        *args,
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
 
 
 async def run_as_other_user(path: Path, wanted: int) -> dict[str, Any]:
@@ -797,15 +735,17 @@ def test_unfinished_handshakes_are_cut_by_the_open_timeout() -> None:
                     await ws.send('{"type":"heartbeat"}')
                     assert await recv_json(ws, timeout=PROMPT) == {"type": "heartbeat_ack"}
                 assert (await health(port))["status"] == "ok"
+                # The deadline is only so that a daemon that never cuts them fails.
                 endings = await asyncio.gather(
-                    *(peer_closed(r, HANDSHAKE_TIMEOUT + PROMPT) for r, _ in conns)
+                    *(peer_closed(r, HANDSHAKE_TIMEOUT + TIMEOUT) for r, _ in conns)
                 )
                 elapsed = time.monotonic() - started
             finally:
                 for _, writer in conns:
                     await close_writer(writer)
             assert all(e in ("eof", "reset") for e in endings), endings
-            assert elapsed < HANDSHAKE_TIMEOUT + PROMPT
+            # PROTOCOL §2.4 states when they are cut, not how soon after: not before.
+            assert elapsed >= HANDSHAKE_TIMEOUT, f"cut after {elapsed:.2f} s"
             await health_until(port, clients=0)
 
     run(body())
@@ -815,7 +755,7 @@ def test_unfinished_handshakes_are_cut_by_the_open_timeout() -> None:
 
 
 def test_tiny_line_flood_does_not_starve_another_source() -> None:
-    """10,000 tiny events: another source is acked promptly, a client gets all, no gap."""
+    """10,000 tiny events: another source is still acked, a client gets all, no gap."""
     flood = 10_000
 
     async def body() -> None:
@@ -837,30 +777,26 @@ def test_tiny_line_flood_does_not_starve_another_source() -> None:
             async def acks_of_a() -> list[int]:
                 return [(await a.recv())["seq"] for _ in range(flood)]
 
-            async def other() -> float:
+            async def other() -> dict[str, Any]:
                 await first_chunk_sent.wait()
-                started = time.monotonic()
                 await b.send({"type": "other.source"})
-                reply = await b.recv(timeout=PROMPT)
-                assert reply["type"] == "ack", reply
-                return time.monotonic() - started
+                return await b.recv()
 
             async def watcher() -> list[dict[str, Any]]:
                 return [await recv_json(ws) for _ in range(flood + 1)]
 
-            started = time.monotonic()
-            _, a_seqs, b_latency, seen = await asyncio.gather(
+            # How soon b is answered is PROTOCOL §5's "heartbeat within a second" under
+            # floods: test_limits.py and test_confirmation_flood.py measure it.
+            _, a_seqs, b_reply, seen = await asyncio.gather(
                 flooder(), acks_of_a(), other(), watcher()
             )
-            elapsed = time.monotonic() - started
-            assert b_latency < PROMPT
+            assert b_reply["type"] == "ack", b_reply
             assert [e["seq"] for e in seen] == list(range(1, flood + 2))
             assert sum(e["type"] == "other.source" for e in seen) == 1
             assert a_seqs == sorted(a_seqs)
             assert len(set(a_seqs)) == flood
             assert d.counters.events_in == flood + 1
             assert rss_bytes() - rss_before < RSS_BOUND
-            assert elapsed < TIMEOUT
 
     run(body())
 
@@ -1430,37 +1366,12 @@ def test_random_garbage_soak_against_the_real_daemon() -> None:
         }
         assert rss_bytes(proc.pid) - rss_start < RSS_BOUND
 
-    with short_tmpdir() as tmp:
-        config = {
-            "sources": {"socket_path": str(tmp / "ev.sock"), "max_line_bytes": SOAK_MAX_LINE},
-            "websocket": {"port": 0, "max_message_bytes": 4096},
-            "journal": {"directory": str(tmp / "journal")},
-        }
-        config_path = tmp / "config.yaml"
-        config_path.write_text(json.dumps(config))
-        proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(config_path)),
-            env=subprocess_env(tmp),
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            ready = wait_for_line(proc, "ready: sources on")
-            match = re.search(r"sources on (\S+), clients on ws://127\.0\.0\.1:(\d+)/", ready)
-            assert match is not None, ready
-            run(body(proc, match.group(1), int(match.group(2))))
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(TIMEOUT) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(TIMEOUT)
-            stderr_lines(proc).join()
-            assert proc.stderr is not None
-            proc.stderr.close()
-        log = "".join(stderr_lines(proc).lines)
+    with daemon_process(
+        sources={"max_line_bytes": SOAK_MAX_LINE},
+        websocket={"max_message_bytes": 4096},
+    ) as d:
+        run(body(d.proc, d.sock, d.port))
+        assert d.stop() == 0
+        log = d.log()
         assert "Traceback" not in log, log[-3000:]
         assert " ERROR " not in log, log[-3000:]

@@ -592,17 +592,6 @@ class Journal:
         self._unsynced = []
         return fds
 
-    def dirty_fd(self) -> int | None:
-        """A duplicate of the current file's fd if it needs an fsync, else None.
-
-        For syncing in another thread: the caller fsyncs and closes the duplicate, so
-        a rotation meanwhile cannot close the fd under it.
-        """
-        if not self._dirty or self._fd is None:
-            return None
-        self._dirty = False
-        return os.dup(self._fd)
-
     def _rotate(self, first_seq: int) -> None:
         self._close_current(sync=True)
         self._ensure_directory()
