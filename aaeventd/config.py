@@ -158,7 +158,8 @@ class WebSocketConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    #: ``localhost`` listens on 127.0.0.1 and ::1 (when the host has it), one port.
+    host: Annotated[str, Field(min_length=1)] = "localhost"
     #: ``0`` picks a free port.
     port: Annotated[int, Field(ge=0, le=65535)] = 9876
     #: Needed (with ``auth.token_file``) to bind a non-loopback address.
@@ -248,6 +249,9 @@ class LoggingConfig(BaseModel):
     #: Accepted in any case, stored upper-case.
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    #: Where records go: ``stderr`` lines, the native ``journal`` protocol, or ``auto``
+    #: (the journal when ``$JOURNAL_STREAM`` says stderr is journald's, else stderr).
+    target: Literal["auto", "stderr", "journal"] = "auto"
     #: Field names shown as ``***`` in logs; stored lower-case (matching ignores case).
     redact_fields: _StrTuple = ("token", "password", "secret", "authorization")
 

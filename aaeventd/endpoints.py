@@ -71,8 +71,11 @@ def _env_dir(env: Mapping[str, str], name: str) -> Path | None:
 
 
 def url_host(host: str) -> str:
-    """A bind address as the host part of a URL that reaches it from this machine."""
-    if host in ("0.0.0.0", "::", ""):
+    """A bind address as the host part of a URL that reaches it from this machine.
+
+    ``localhost`` (both loopback addresses) gives 127.0.0.1: one address, no resolver.
+    """
+    if host in ("0.0.0.0", "::", "") or host.lower() == "localhost":
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
+import pwd
 import queue
 import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,15 +28,22 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection as SyncClientConnection
+from websockets.sync.client import connect as ws_connect_sync
 
+from aaeventd.cli import main
+from aaeventd.client import EventSource
 from aaeventd.config import Config, parse_config
 from aaeventd.daemon.app import Daemon
+from aaeventd.daemon.wsserver import ClientSession, StreamStart
 
 FACTOR = float(os.environ.get("AAEVENTD_TESTS_TIMEOUT_FACTOR", "1"))
 TIMEOUT = 10.0 * FACTOR  # the longest any single wait may take
@@ -83,17 +94,12 @@ def make_config(tmp: Path, **sections: dict[str, Any]) -> Config:
 async def running_daemon(
     config: Config, env: dict[str, str] | None = None
 ) -> AsyncIterator[Daemon]:
-    """Run a :class:`Daemon` in this loop until the block ends; yields it once ready."""
+    """Run a :class:`Daemon` in this loop until the block ends; yields it once started
+    (``daemon.listening``: what :meth:`Daemon.start` bound)."""
     daemon = Daemon(config, env=env if env is not None else {})
-    task = asyncio.create_task(daemon.run())
-    ready = asyncio.create_task(daemon.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-    if task in done:
-        ready.cancel()
-        task.result()  # raises the startup error
-        raise AssertionError("daemon stopped before it was ready")
-    if ready not in done:
-        raise AssertionError("daemon not ready in time")
+    async with asyncio.timeout(TIMEOUT):
+        await daemon.start()  # raises the startup error
+    task = asyncio.create_task(daemon.serve())
     try:
         yield daemon
     finally:
@@ -121,9 +127,41 @@ async def connected_client(
 
 
 class ThreadedDaemon(Daemon):
-    """A real daemon whose event loop runs in another thread (for blocking callers)."""
+    """A real daemon whose event loop runs in another thread (for blocking callers).
+
+    It also tells other threads when a client's stream opens (:meth:`wait_for_client`):
+    the stream is registered in the same event-loop step as ``open_stream``, so an
+    event sent after the signal reaches that client live.
+    """
 
     loop: asyncio.AbstractEventLoop | None = None
+
+    def __init__(self, config: Config, *, env: dict[str, str] | None = None) -> None:
+        super().__init__(config, env=env if env is not None else {})
+        self._streams_opened = threading.Semaphore(0)
+        self.opened: list[tuple[ClientSession, int | None]] = []  # (session, since)
+
+    def open_stream(
+        self, session: ClientSession, since: int | None, epoch: str | None
+    ) -> StreamStart:
+        start = super().open_stream(session, since, epoch)
+        self.opened.append((session, since))
+        self._streams_opened.release()
+        return start
+
+    def wait_for_client(self) -> None:
+        """Until a client's stream has opened (one per call)."""
+        assert self._streams_opened.acquire(timeout=TIMEOUT), "no client connected in time"
+
+    @property
+    def url(self) -> str:
+        assert self.listening is not None
+        return f"ws://127.0.0.1:{self.listening.port}/"
+
+    @property
+    def sock(self) -> str:
+        assert self.listening is not None
+        return str(self.listening.socket_path)
 
     def stop_soon(self) -> None:
         """Ask it to stop, from any thread."""
@@ -141,18 +179,17 @@ D = TypeVar("D", bound=ThreadedDaemon)
 
 @contextlib.contextmanager
 def daemon_thread(daemon: D) -> Iterator[D]:
-    """Run ``daemon`` on its own loop in a thread until the block ends; yields it ready."""
-    ready = threading.Event()
+    """Run ``daemon`` on its own loop in a thread until the block ends; yields it started."""
+    started = threading.Event()
     errors: list[BaseException] = []
 
     async def body() -> None:
         daemon.loop = asyncio.get_running_loop()
-        task = asyncio.create_task(daemon.run())
-        started = asyncio.create_task(daemon.ready.wait())
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        ready.set()
-        await task
+        try:
+            await daemon.start()
+        finally:
+            started.set()
+        await daemon.serve()
 
     def target() -> None:
         try:
@@ -160,15 +197,15 @@ def daemon_thread(daemon: D) -> Iterator[D]:
         except BaseException as exc:
             errors.append(exc)
         finally:
-            ready.set()
+            started.set()
 
     thread = threading.Thread(target=target, name="aaeventd-daemon", daemon=True)
     thread.start()
     try:
-        assert ready.wait(TIMEOUT), "daemon not ready in time"
+        assert started.wait(TIMEOUT), "daemon not started in time"
         if errors:
             raise errors[0]
-        assert daemon.ready.is_set(), "daemon stopped before it was ready"
+        assert daemon.listening is not None, "daemon stopped before it was started"
         yield daemon
     finally:
         if daemon.loop is not None and thread.is_alive():
@@ -362,20 +399,46 @@ def proc_status_bytes(pid: int, field: str = "VmRSS") -> int:
 # -- the daemon as a subprocess, and clients that never read ---------------------------
 
 KIB, MIB = 1 << 10, 1 << 20
-READY_RE = re.compile(r"clients on ws://\S+?:(\d+)/")
+# The "ready" log line (docs/protocol.md §7): a subprocess's readiness, read here alone.
+READY_RE = re.compile(
+    r" ready: sources on (?P<sock>\S+), clients on ws://(?P<host>\S+?):(?P<port>\d+)/ "
+    r"\(epoch (?P<epoch>\S+), seq (?P<seq>\d+)\)"
+)
 
 
 @dataclass
 class DaemonProcess:
-    """``aaeventd run`` as a subprocess: its process, port and socket, and its views."""
+    """``aaeventd run`` as a subprocess and what its ready line said; its views."""
 
     proc: subprocess.Popen[str]
+    stderr: StderrLines
+    sock: str
     port: int
-    socket_path: Path
+    epoch: str
+    seq: int
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.sock)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def lines(self) -> list[str]:
+        """Every stderr line so far."""
+        return self.stderr.lines
+
+    def log(self) -> str:
+        return "".join(self.stderr.lines)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig``, wait for the exit and the end of stderr; the exit code."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(TIMEOUT)
+        self.stderr.join()
+        return code
 
     def memory(self, field: str = "VmRSS") -> int:
         return proc_status_bytes(self.proc.pid, field)
@@ -402,38 +465,98 @@ class DaemonProcess:
         assert isinstance(count, int)
         return count
 
-    def log(self) -> str:
-        return "".join(stderr_lines(self.proc).lines)
+
+def write_config(tmp: Path, name: str = "config.yaml", **sections: dict[str, Any]) -> str:
+    """A config file private to one test (JSON is YAML; ``sections`` override); its path.
+
+    Socket, journal and port are private; no pings; the journal never prunes for free
+    space (replays and restarts read the older files, see :func:`make_config`).
+    """
+    data: dict[str, Any] = {
+        "sources": {"socket_path": str(tmp / "ev.sock")},
+        "websocket": {"port": 0, "ping_interval_seconds": None},
+        "journal": {"directory": str(tmp / "journal"), "keep_free_bytes": 0},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    path = tmp / name
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return str(path)
 
 
 @contextlib.contextmanager
-def daemon_process(**sections: dict[str, Any]) -> Iterator[DaemonProcess]:
-    """``aaeventd run`` with a private socket, journal and port; ``sections`` override."""
-    with short_tmpdir() as tmp:
-        config: dict[str, Any] = {
-            "sources": {"socket_path": str(tmp / "ev.sock")},
-            "websocket": {"port": 0, "ping_interval_seconds": None},
-            # No pruning for free space: replays read the older files (see make_config).
-            "journal": {"directory": str(tmp / "journal"), "keep_free_bytes": 0},
-        }
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        path = tmp / "config.yaml"
-        path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-        proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(path)),
-            env=subprocess_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+def spawn(
+    *args: str,
+    env: dict[str, str],
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[tuple[subprocess.Popen[str], StderrLines]]:
+    """``aaeventd ARGS`` as a subprocess with stderr read line by line; always killed after."""
+    proc = subprocess.Popen(
+        aaeventd_cmd(*args),
+        env=env,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
+    stderr = stderr_lines(proc)
+    try:
+        yield proc, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(TIMEOUT)
+        stderr.join()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@contextlib.contextmanager
+def daemon_process(
+    tmp: Path | None = None,
+    *,
+    args: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    before_ready: str | None = None,
+    **sections: dict[str, Any],
+) -> Iterator[DaemonProcess]:
+    """``aaeventd run`` as a subprocess; yields once it logged ready; always killed after.
+
+    The one place a subprocess daemon's readiness is read (its documented ready line).
+
+    Args:
+        tmp: the test's private directory (``None``: one of its own for the block).
+        args: the arguments after ``run`` (``["--config", path]``); by default a
+            config written by :func:`write_config` with ``sections``.
+        env: the whole environment (default :func:`subprocess_env` of ``tmp``).
+        preexec_fn: run in the child before exec (``setrlimit``...).
+        before_ready: a log line fragment that must appear before the ready line.
+    """
+    with contextlib.ExitStack() as stack:
+        if tmp is None:
+            tmp = stack.enter_context(short_tmpdir())
+        if args is None:
+            args = ["--config", write_config(tmp, **sections)]
+        else:
+            assert not sections, "with args, sections go in the config file they name"
+        env = env if env is not None else subprocess_env(tmp)
+        proc, stderr = stack.enter_context(spawn("run", *args, env=env, preexec_fn=preexec_fn))
+        if before_ready is not None:
+            stderr.wait_for(before_ready)
+        line = stderr.wait_for(" ready: ")
+        match = READY_RE.search(line)
+        assert match is not None, line
+        yield DaemonProcess(
+            proc,
+            stderr,
+            sock=match["sock"],
+            port=int(match["port"]),
+            epoch=match["epoch"],
+            seq=int(match["seq"]),
         )
-        try:
-            match = READY_RE.search(wait_for_line(proc, " ready: "))
-            assert match is not None
-            yield DaemonProcess(proc, int(match.group(1)), tmp / "ev.sock")
-        finally:
-            reap(proc)
 
 
 def non_reader(port: int, query: str = "") -> socket.socket:
@@ -476,3 +599,258 @@ def event_lines(first: int, count: int, size: int) -> bytes:
         json.dumps({"type": "bulk", "n": n, "pad": pad}).encode() + b"\n"
         for n in range(first, first + count)
     )
+
+
+# -- shared by several test modules, so that none imports another ----------------------
+
+# PROTOCOL §5: from SIGTERM or SIGINT to a clean exit within 5 s.
+STOP_LIMIT = 5.0
+
+
+# Acting as another uid (``nobody``): only root can, and CI runs the suite as root.
+IS_ROOT = os.geteuid() == 0
+IN_CI = os.environ.get("AAEVENTD_CI") == "1"
+# Off CI a developer may run the suite unprivileged; CI runs as root and must run these.
+needs_root = pytest.mark.skipif(
+    not IS_ROOT and not IN_CI,
+    reason="needs root to act as another uid (nobody); CI runs the suite as root",
+)
+
+
+@functools.cache
+def other_user() -> tuple[int, int, str]:
+    """``nobody``'s uid, gid, and a Python interpreter that user may run."""
+    entry = pwd.getpwnam("nobody")
+    candidates = [sys.executable, shutil.which("python3") or "", "/usr/bin/python3"]
+    for python in candidates:
+        if not python:
+            continue
+        try:
+            probe = subprocess.run(
+                [python, "-I", "-c", "pass"],
+                user=entry.pw_uid,
+                group=entry.pw_gid,
+                extra_groups=[],
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+        except PermissionError:  # e.g. a venv under /root, which nobody cannot enter
+            continue
+        if probe.returncode == 0:
+            return entry.pw_uid, entry.pw_gid, python
+    raise AssertionError(f"user nobody can run none of {candidates}")
+
+
+async def run_script_as_other_user(script: str, *args: str) -> str:
+    """Run a Python ``script`` with ``args`` as ``nobody``; its standard output."""
+    uid, gid, python = other_user()
+    proc = await asyncio.create_subprocess_exec(
+        python,
+        "-I",
+        "-c",
+        script,
+        *args,
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+# Raw connections and pacing.
+
+
+async def pause(seconds: float) -> None:
+    """A client's pause between attempts (pacing, not synchronisation)."""
+    done = asyncio.get_running_loop().create_future()
+    handle = asyncio.get_running_loop().call_later(seconds, done.set_result, None)
+    try:
+        await done
+    finally:
+        handle.cancel()
+
+
+async def peer_closed(sock: socket.socket, timeout: float) -> str:
+    """Wait until the other end ends ``sock`` (non-blocking): ``eof`` or ``reset``."""
+    loop = asyncio.get_running_loop()
+    try:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), timeout)
+    except ConnectionResetError:
+        return "reset"
+    assert data == b"" or data.startswith(b"HTTP/1.1 "), data[:200]
+    return "eof"
+
+
+async def silent_connection(port: int) -> socket.socket:
+    """A TCP connection to the daemon that never sends a byte."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
+# Plain HTTP on the WebSocket port, and /metrics read with the reference parser.
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """One ``GET`` on a new connection: the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a ``/metrics`` text by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# A blocking source and a blocking client (for tests that drive a daemon subprocess).
+
+
+class LineSource:
+    """A blocking source on the Unix socket that said hello with acks."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def send(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Send one event; its reply."""
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+        return self.recv()
+
+    def recv(self) -> dict[str, Any]:
+        line = self.reader.readline()
+        assert line, "the daemon closed the source connection"
+        obj = json.loads(line)
+        assert isinstance(obj, dict)
+        return obj
+
+
+@contextlib.contextmanager
+def line_source(path: Path) -> Iterator[LineSource]:
+    """A :class:`LineSource` on the socket at ``path``, welcomed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(path))
+        source = LineSource(sock)
+        try:
+            welcome = source.send({"type": "hello", "name": "test", "acks": True})
+            assert welcome["type"] == "welcome", welcome
+            yield source
+        finally:
+            source.reader.close()
+
+
+@contextlib.contextmanager
+def ws_client(port: int) -> Iterator[SyncClientConnection]:
+    """A WebSocket client whose ``connected`` frame has been read."""
+    with ws_connect_sync(f"ws://127.0.0.1:{port}/", open_timeout=TIMEOUT) as ws:
+        first = json.loads(ws.recv(timeout=TIMEOUT))
+        assert first["type"] == "connected", first
+        yield ws
+
+
+# A daemon subprocess's stderr as bytes (its config: :func:`write_config`).
+
+
+class Log:
+    """The daemon's stderr, read line by line with a deadline (raw fd: no hidden buffer)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self.fd = proc.stderr.fileno()
+        self.buffer = b""
+
+    def until(self, needle: str, timeout: float = TIMEOUT) -> list[str]:
+        """The lines read up to and including the first containing ``needle``."""
+        end = time.monotonic() + timeout
+        seen: list[str] = []
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                seen.append(line)
+                if needle in line:
+                    return seen
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, end - time.monotonic()))
+            chunk = os.read(self.fd, 65536) if ready else b""
+            if not chunk:
+                raise AssertionError(f"{needle!r} not logged in {timeout}s:\n" + "\n".join(seen))
+            self.buffer += chunk
+
+
+# The CLI in-process: a config file, ``main`` in a thread, events sent with the library.
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> str:
+    """Write ``data`` as a config file (JSON is YAML) and return its path."""
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return str(path)
+
+
+@dataclass
+class BackgroundMain:
+    """``main(argv)`` running in a thread (for ``watch``, which blocks)."""
+
+    argv: Sequence[str]
+    result: list[int] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> BackgroundMain:
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(main(self.argv)), name="cli-main", daemon=True
+        )
+        self.thread.start()
+        return self
+
+    def exit_code(self) -> int:
+        assert self.thread is not None
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), f"main({list(self.argv)}) did not return in time"
+        assert len(self.result) == 1
+        return self.result[0]
+
+
+def emit_all(d: ThreadedDaemon, *events: dict[str, Any]) -> list[int]:
+    """Send events with the client library; their seqs."""
+    with EventSource(d.sock, name="test", timeout=TIMEOUT) as source:
+        return [source.send(event).seq for event in events]
+
+
+# A fake ``systemctl`` on PATH.
+
+
+@contextlib.contextmanager
+def fake_systemctl(tmp: Path, monkeypatch: pytest.MonkeyPatch, rc: int) -> Iterator[Path]:
+    """A ``systemctl`` on PATH that records its arguments (no user manager runs here)."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    calls = tmp / "systemctl-calls"
+    script = bin_dir / "systemctl"
+    script.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'[ {rc} -eq 0 ] || echo "Failed to connect to bus: No medium found" >&2\nexit {rc}\n',
+        encoding="utf-8",
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    yield calls

@@ -12,9 +12,7 @@ import io
 import json
 import re
 import socket
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,9 +22,16 @@ from websockets.sync.client import ClientConnection, connect
 from aaeventd import __version__
 from aaeventd.cli import main
 from aaeventd.client import EventSource
-from aaeventd.config import Config
-from aaeventd.daemon.wsserver import ClientSession, StreamStart
-from tests.support import REPO, TIMEOUT, ThreadedDaemon, daemon_thread, make_config
+from tests.support import (
+    REPO,
+    TIMEOUT,
+    BackgroundMain,
+    ThreadedDaemon,
+    daemon_thread,
+    emit_all,
+    make_config,
+    write_yaml,
+)
 
 SHIPPED = REPO / "config" / "aaeventd.yaml"
 SUBCOMMANDS = [
@@ -48,48 +53,10 @@ pytestmark = pytest.mark.usefixtures("private_env")
 # -- a daemon in a background thread -------------------------------------------------
 
 
-class ObservedDaemon(ThreadedDaemon):
-    """A real daemon that also tells other threads when a client's stream opens.
-
-    The stream is registered in the same event-loop step as ``open_stream``, so an
-    event sent after the signal reaches that client live.
-    """
-
-    def __init__(self, config: Config) -> None:
-        super().__init__(config, env={})
-        self.streams_opened = threading.Semaphore(0)
-        self.opened: list[tuple[ClientSession, int | None]] = []  # (session, since)
-
-    def open_stream(
-        self, session: ClientSession, since: int | None, epoch: str | None
-    ) -> StreamStart:
-        frames = super().open_stream(session, since, epoch)
-        self.opened.append((session, since))
-        self.streams_opened.release()
-        return frames
-
-    def wait_for_client(self) -> None:
-        assert self.streams_opened.acquire(timeout=TIMEOUT), "no client connected in time"
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/"
-
-    @property
-    def sock(self) -> str:
-        return str(self.socket_path)
-
-
 @pytest.fixture
-def daemon(tmp: Path) -> Iterator[ObservedDaemon]:
-    with daemon_thread(ObservedDaemon(make_config(tmp))) as d:
+def daemon(tmp: Path) -> Iterator[ThreadedDaemon]:
+    with daemon_thread(ThreadedDaemon(make_config(tmp))) as d:
         yield d
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> str:
-    """Write ``data`` as a config file (JSON is YAML) and return its path."""
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return str(path)
 
 
 def recv_event(ws: ClientConnection) -> dict[str, Any]:
@@ -99,40 +66,11 @@ def recv_event(ws: ClientConnection) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def ws_client(d: ObservedDaemon, query: str = "") -> Iterator[ClientConnection]:
+def ws_client(d: ThreadedDaemon, query: str = "") -> Iterator[ClientConnection]:
     """A real WebSocket client whose ``connected`` frame has been read."""
     with connect(d.url + (f"?{query}" if query else ""), open_timeout=TIMEOUT) as ws:
         assert recv_event(ws)["type"] == "connected"
         yield ws
-
-
-@dataclass
-class BackgroundMain:
-    """``main(argv)`` running in a thread (for ``watch``, which blocks)."""
-
-    argv: Sequence[str]
-    result: list[int] = field(default_factory=list)
-    thread: threading.Thread | None = None
-
-    def start(self) -> BackgroundMain:
-        self.thread = threading.Thread(
-            target=lambda: self.result.append(main(self.argv)), name="cli-main", daemon=True
-        )
-        self.thread.start()
-        return self
-
-    def exit_code(self) -> int:
-        assert self.thread is not None
-        self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), f"main({list(self.argv)}) did not return in time"
-        assert len(self.result) == 1
-        return self.result[0]
-
-
-def emit_all(d: ObservedDaemon, *events: dict[str, Any]) -> list[int]:
-    """Send events with the client library; their seqs."""
-    with EventSource(d.sock, name="test", timeout=TIMEOUT) as source:
-        return [source.send(event).seq for event in events]
 
 
 # -- usage and help ------------------------------------------------------------------
@@ -325,7 +263,7 @@ def test_run_with_missing_config_exits_2(tmp: Path, capsys: pytest.CaptureFixtur
 
 
 def test_emit_prints_the_accepted_seq(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emit TYPE k=v` exits 0 and prints the seq the daemon acked."""
     assert main(["emit", "--socket", daemon.sock, "skill_started", "skill_name=a"]) == 0
@@ -334,7 +272,7 @@ def test_emit_prints_the_accepted_seq(
 
 
 def test_emit_quiet_prints_nothing(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emit -q` exits 0 and prints nothing; the event still gets a seq."""
     assert main(["emit", "-q", "--socket", daemon.sock, "tick"]) == 0
@@ -343,7 +281,7 @@ def test_emit_quiet_prints_nothing(
 
 
 def test_emit_values_are_json_else_strings(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """KEY=VALUE: JSON values keep their JSON type, anything else is a string."""
     with ws_client(daemon) as ws:
@@ -388,7 +326,7 @@ def test_emit_values_are_json_else_strings(
 
 
 def test_emit_non_strict_json_values_stay_strings(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """NaN, Infinity and 1e999 are not strict JSON: sent as strings, not refused."""
     with ws_client(daemon) as ws:
@@ -399,7 +337,7 @@ def test_emit_non_strict_json_values_stay_strings(
     assert (event["a"], event["b"], event["c"]) == ("NaN", "-Infinity", "1e999")
 
 
-def test_emit_json_object(daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_emit_json_object(daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     """`emit --json OBJ` sends the object as is."""
     with ws_client(daemon) as ws:
         argv = [
@@ -420,7 +358,7 @@ def test_emit_json_object(daemon: ObservedDaemon, capsys: pytest.CaptureFixture[
 
 
 def test_emit_confirmation_prints_its_id(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A confirmation_required ack carries the id, and emit prints it."""
     with ws_client(daemon) as ws:
@@ -432,7 +370,7 @@ def test_emit_confirmation_prints_its_id(
 
 
 def test_emit_stdin_ndjson_reports_bad_lines_and_sends_the_rest(
-    daemon: ObservedDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emit -`: every good line is accepted; bad ones are reported by line; exit 1."""
     data = (
@@ -463,7 +401,7 @@ def test_emit_stdin_ndjson_reports_bad_lines_and_sends_the_rest(
 
 
 def test_emit_stdin_all_good_exits_0(
-    daemon: ObservedDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emit -` with only good lines exits 0, one ack line each."""
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'{"type":"a"}\n{"type":"b"}\n')))
@@ -472,7 +410,7 @@ def test_emit_stdin_all_good_exits_0(
 
 
 def test_emit_rejected_event_exits_1_with_code_and_field(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A rejected event: exit 1, stderr has the code and the field; no client sees it."""
     with ws_client(daemon) as ws:
@@ -488,7 +426,7 @@ def test_emit_rejected_event_exits_1_with_code_and_field(
 
 
 def test_emit_lists_every_validation_problem(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each invalid field of a rejected event is named on stderr."""
     argv = ["emit", "--socket", daemon.sock, "step_started", "step_name=x", 'step_index="3"']
@@ -508,7 +446,7 @@ def test_emit_without_daemon_exits_1(tmp: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_emit_uses_the_socket_of_config(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emit --config PATH` sends to that config's sources.socket_path."""
     path = write_yaml(tmp / "c.yaml", {"sources": {"socket_path": daemon.sock}})
@@ -517,7 +455,7 @@ def test_emit_uses_the_socket_of_config(
 
 
 def test_emit_socket_option_wins_over_config(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`--socket` beats the config's socket path."""
     path = write_yaml(tmp / "c.yaml", {"sources": {"socket_path": str(tmp / "other.sock")}})
@@ -539,14 +477,14 @@ def test_emit_default_socket_ignores_runtime_directory(
     calling unit has its own $RUNTIME_DIRECTORY."""
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp / "other-unit"))
     sock = tmp / "run" / "aaeventd" / "events.sock"
-    with daemon_thread(ObservedDaemon(make_config(tmp, sources={"socket_path": str(sock)}))) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp, sources={"socket_path": str(sock)}))) as d:
         assert d.sock == str(sock)
         assert main(["emit", "tick"]) == 0
     assert capsys.readouterr().out == "accepted seq=1 delivered=0\n"
 
 
 def test_emit_reads_aaeventd_config(
-    daemon: ObservedDaemon,
+    daemon: ThreadedDaemon,
     tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -563,7 +501,7 @@ def test_emit_reads_aaeventd_config(
 
 
 def test_watch_json_prints_the_broadcast_events(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`watch --count N --json` prints N raw JSON lines equal to what a client receives."""
     path = write_yaml(tmp / "c.yaml", {"websocket": {"port": daemon.ws_port}})
@@ -584,7 +522,7 @@ def test_watch_json_prints_the_broadcast_events(
     assert [e["seq"] for e in broadcast] == [1, 2, 3]
 
 
-def test_watch_types_filters(daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_types_filters(daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     """`watch --types 'skill_*'` prints only matching events."""
     watch = BackgroundMain(
         ["watch", "--url", daemon.url, "--types", "skill_*", "--count", "2", "--json"]
@@ -602,7 +540,7 @@ def test_watch_types_filters(daemon: ObservedDaemon, capsys: pytest.CaptureFixtu
     assert [(e["seq"], e["type"]) for e in printed] == [(2, "skill_started"), (4, "skill_failed")]
 
 
-def test_watch_human_format(daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_human_format(daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     """Without --json: one line with seq, time, type and the other fields."""
     watch = BackgroundMain(["watch", "--url", daemon.url, "--count", "1"]).start()
     daemon.wait_for_client()
@@ -615,7 +553,7 @@ def test_watch_human_format(daemon: ObservedDaemon, capsys: pytest.CaptureFixtur
     ), lines[0]
 
 
-def test_watch_since_replays(daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watch_since_replays(daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     """`watch --since N` first prints the events after N that were sent before it ran."""
     emit_all(daemon, {"type": "a"}, {"type": "b"}, {"type": "c"})
     argv = ["watch", "--url", daemon.url, "--since", "1", "--count", "2", "--json"]
@@ -627,7 +565,7 @@ def test_watch_since_replays(daemon: ObservedDaemon, capsys: pytest.CaptureFixtu
 def test_watch_sends_the_configured_token(tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """With auth.token_file in the config, watch authenticates with that token."""
     token_file = str(tmp / "token")
-    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": token_file}))) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp, auth={"token_file": token_file}))) as d:
         path = write_yaml(
             tmp / "c.yaml",
             {"websocket": {"port": d.ws_port}, "auth": {"token_file": token_file}},
@@ -643,7 +581,7 @@ def test_watch_sends_the_configured_token(tmp: Path, capsys: pytest.CaptureFixtu
 
 
 def test_watch_reconnects_and_resumes_without_loss_or_duplicate(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """When the server drops it, watch reconnects with since= and prints every event once."""
     watch = BackgroundMain(["watch", "--url", daemon.url, "--count", "3", "--json"]).start()
@@ -679,7 +617,7 @@ def test_watch_closed_port_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 # -- EventSource, the library behind emit --------------------------------------------
 
 
-def test_event_source_messages_outlive_the_reply_timeout(daemon: ObservedDaemon) -> None:
+def test_event_source_messages_outlive_the_reply_timeout(daemon: ThreadedDaemon) -> None:
     """messages() keeps waiting past the connection's reply timeout: a confirmation
     answer may take longer than an ack."""
     with EventSource(daemon.sock, name="t", timeout=0.1) as source:
@@ -694,7 +632,7 @@ def test_event_source_messages_outlive_the_reply_timeout(daemon: ObservedDaemon)
     }
 
 
-def test_event_source_messages_yield_the_answer(daemon: ObservedDaemon) -> None:
+def test_event_source_messages_yield_the_answer(daemon: ThreadedDaemon) -> None:
     """A client's answer reaches the source through messages(); acks never do."""
     with ws_client(daemon) as ws, EventSource(daemon.sock, name="t") as source:
         ack = source.emit("confirmation_required", message="deploy?")
@@ -710,7 +648,7 @@ def test_event_source_messages_yield_the_answer(daemon: ObservedDaemon) -> None:
     }
 
 
-def test_event_source_messages_timeout_keeps_the_connection(daemon: ObservedDaemon) -> None:
+def test_event_source_messages_timeout_keeps_the_connection(daemon: ThreadedDaemon) -> None:
     """messages(timeout=T) raises TimeoutError when nothing comes; sending still works."""
     with EventSource(daemon.sock, name="t") as source:
         with pytest.raises(TimeoutError):

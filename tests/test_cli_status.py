@@ -39,8 +39,15 @@ from aaeventd.cli.console import (
 from aaeventd.cli.service import render_units
 from aaeventd.client import EventSource
 from aaeventd.protocol.codec import rfc3339_utc
-from tests.support import TIMEOUT, daemon_thread, make_config
-from tests.test_cli import BackgroundMain, ObservedDaemon, emit_all, write_yaml
+from tests.support import (
+    TIMEOUT,
+    BackgroundMain,
+    ThreadedDaemon,
+    daemon_thread,
+    emit_all,
+    make_config,
+    write_yaml,
+)
 
 # -- fixtures ------------------------------------------------------------------------
 
@@ -48,8 +55,8 @@ pytestmark = pytest.mark.usefixtures("private_env")
 
 
 @pytest.fixture
-def daemon(tmp: Path) -> Iterator[ObservedDaemon]:
-    with daemon_thread(ObservedDaemon(make_config(tmp))) as d:
+def daemon(tmp: Path) -> Iterator[ThreadedDaemon]:
+    with daemon_thread(ThreadedDaemon(make_config(tmp))) as d:
         yield d
 
 
@@ -116,7 +123,7 @@ def canned_http(body: bytes) -> Iterator[int]:
 
 
 def test_status_prints_health_readably_with_the_ui_link(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`status`: exit 0; version, seq, clients, sources, socket path and the UI link."""
     path = cli_config(tmp, daemon.ws_port)
@@ -150,7 +157,7 @@ def test_status_prints_health_readably_with_the_ui_link(
 
 
 def test_status_json_prints_the_raw_healthz(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`status --json`: exit 0 and exactly the /healthz object."""
     path = cli_config(tmp, daemon.ws_port)
@@ -167,7 +174,7 @@ def test_status_json_prints_the_raw_healthz(
 
 
 def test_status_url_option_accepts_http_and_ws(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`--url` names the daemon (http:// or the ws:// URL watch takes); no config needed."""
     for url in (f"http://127.0.0.1:{daemon.ws_port}", daemon.url + "?types=x"):
@@ -181,7 +188,7 @@ def test_status_with_a_token_prints_the_link_with_it(
 ) -> None:
     """With auth.token_file, the printed link carries ?token= with the file's token."""
     token_file = tmp / "token"
-    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         token = token_file.read_text(encoding="utf-8").strip()
         port = d.ws_port
         path = cli_config(tmp, port, auth={"token_file": str(token_file)})
@@ -265,7 +272,7 @@ def test_status_bad_config_exits_2(tmp: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_clients_table_shows_the_client_and_the_source(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`clients`: a WebSocket client's row has its user agent and filter; a source's
     row has its pid, uid and hello name."""
@@ -317,7 +324,7 @@ def test_clients_table_shows_the_client_and_the_source(
 
 
 def test_clients_with_nobody_connected(
-    daemon: ObservedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, tmp: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No client, no source: both tables say none."""
     assert main(["clients", "--config", cli_config(tmp, daemon.ws_port)]) == 0
@@ -328,7 +335,7 @@ def test_clients_needs_the_token(tmp: Path, capsys: pytest.CaptureFixture[str]) 
     """With a token, `clients` sends it (exit 0, --json is the /clients object); a
     config without the token gets 401, explained, exit 1."""
     token_file = tmp / "token"
-    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         path = cli_config(tmp, d.ws_port, auth={"token_file": str(token_file)})
         assert main(["clients", "--json", "--config", path]) == 0
         assert json.loads(capsys.readouterr().out) == {"clients": [], "sources": []}
@@ -418,7 +425,7 @@ def test_install_service_socket_activated_dry_run(
 
 
 def test_watch_live_without_a_terminal_prints_lines(
-    daemon: ObservedDaemon, capsys: pytest.CaptureFixture[str]
+    daemon: ThreadedDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`watch --live` with stdout not a terminal: one plain line per event, no ANSI."""
     watch = BackgroundMain(["watch", "--live", "--url", daemon.url, "--count", "2"]).start()
@@ -453,7 +460,7 @@ def test_watch_live_on_a_terminal_draws_skills_and_confirmations(
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stdout", terminal)
     token_file = tmp / "token"
-    with daemon_thread(ObservedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
+    with daemon_thread(ThreadedDaemon(make_config(tmp, auth={"token_file": str(token_file)}))) as d:
         port = d.ws_port
         path = cli_config(tmp, port, auth={"token_file": str(token_file)})
         watch = BackgroundMain(["watch", "--live", "--config", path, "--count", "4"]).start()

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +36,7 @@ from tests.support import (
     FACTOR,
     TIMEOUT,
     ThreadedDaemon,
-    aaeventd_cmd,
+    daemon_process,
     daemon_thread,
     make_config,
     recv_json,
@@ -46,8 +44,6 @@ from tests.support import (
     run,
     running_daemon,
     short_tmpdir,
-    stderr_lines,
-    subprocess_env,
     ws_connect,
 )
 
@@ -408,32 +404,6 @@ def frame_of_barrier(ws: ClientConnection) -> list[dict[str, Any]]:
     return frames
 
 
-@contextlib.contextmanager
-def daemon_process(tmp: Path, config: Path) -> Iterator[int]:
-    """``aaeventd run`` as a subprocess until the block ends (SIGTERM); its port."""
-    proc = subprocess.Popen(
-        aaeventd_cmd("run", "--config", str(config)),
-        env=subprocess_env(tmp),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = stderr_lines(proc)
-    try:
-        ready = lines.wait_for("ready: sources on")
-        yield int(ready.split("clients on ws://127.0.0.1:")[1].split("/")[0])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(TIMEOUT)
-        lines.join()
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
 def test_reconnect_delivers_events_emitted_across_a_daemon_restart(tmp: Path) -> None:
     """Events emitted while a daemon subprocess restarts are delivered after, in order."""
     config = tmp / "aaeventd.yaml"
@@ -449,20 +419,22 @@ def test_reconnect_delivers_events_emitted_across_a_daemon_restart(tmp: Path) ->
     )
     src = EventSource(tmp / "ev.sock", name="restart", retry_max=0.2)
     try:
-        with daemon_process(tmp, config):
+        with daemon_process(tmp, args=["--config", str(config)]) as first:
             src.start()
             acks = [src.emit("tick", n=n) for n in range(2)]
             assert [a.seq for a in acks if a is not None] == [1, 2]
+            assert first.stop() == 0
         # The daemon is gone (it exited): these wait in the buffer.
         assert [src.emit("tick", n=n) for n in range(2, 5)] == [None, None, None]
         assert src.connected is False
-        with daemon_process(tmp, config) as port:
+        with daemon_process(tmp, args=["--config", str(config)]) as second:
             assert src.flush(TIMEOUT) is True
             ack = src.emit("tick", n=5)
             assert ack is not None
             assert ack.seq == 6
-            with ws_client(port, "since=0") as ws:
+            with ws_client(second.port, "since=0") as ws:
                 got = [frame(ws) for _ in range(6)]
+            assert second.stop() == 0
     finally:
         src.close(flush_timeout=0)
     assert [(e["seq"], e["n"]) for e in got] == [(n + 1, n) for n in range(6)]

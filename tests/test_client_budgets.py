@@ -32,6 +32,7 @@ from aaeventd.daemon.wsserver import INCOMING_QUEUE
 from tests.support import (
     KIB,
     MIB,
+    STOP_LIMIT,
     TIMEOUT,
     DaemonProcess,
     Source,
@@ -56,9 +57,9 @@ from tests.support import (
 # bound: without them the same tests grew by 30 to 50 MiB.
 ALLOWANCE = 8 * MIB
 
-# PROTOCOL §5, not scaled by the tests' timeout factor: the contract's own figures.
+# PROTOCOL §5, not scaled by the tests' timeout factor: the contract's own figure (the
+# stop's is support.STOP_LIMIT).
 HEARTBEAT_LIMIT = 1.0
-STOP_LIMIT = 5.0
 
 HELLO = {"type": "hello", "name": "budgets", "acks": True}
 

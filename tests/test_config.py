@@ -67,7 +67,7 @@ def test_defaults_match_protocol() -> None:
     assert cfg.sources.allowed_uids == ()
     assert cfg.sources.max_line_bytes == 1_048_576
     assert cfg.sources.max_connections == 64
-    assert cfg.websocket.host == "127.0.0.1"
+    assert cfg.websocket.host == "localhost"  # 127.0.0.1 and ::1 (PROTOCOL §2)
     assert cfg.websocket.port == 9876
     assert cfg.websocket.allow_remote is False
     assert cfg.websocket.allowed_origins == ("vscode-webview://*", "vscode-file://*")
@@ -627,12 +627,12 @@ def test_with_restart_keys_from_keeps_old_sockets() -> None:
     old = parse("sources:\n  socket_path: /old.sock\nwebsocket:\n  port: 1111")
     new = parse(
         "sources:\n  socket_path: /new.sock\n  max_connections: 5\n"
-        "websocket:\n  host: localhost\n  port: 2222\n  max_clients: 7\n"
+        "websocket:\n  host: 127.0.0.1\n  port: 2222\n  max_clients: 7\n"
         "logging:\n  level: ERROR"
     )
     merged = with_restart_keys_from(old, new)
     assert merged.sources.socket_path == "/old.sock"
-    assert merged.websocket.host == "127.0.0.1"
+    assert merged.websocket.host == "localhost"
     assert merged.websocket.port == 1111
     assert merged.sources.max_connections == 5
     assert merged.websocket.max_clients == 7

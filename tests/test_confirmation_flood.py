@@ -16,14 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
-import re
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,15 +27,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from aaeventd.daemon.hub import KNOWN_TYPE_LABELS, MAX_OTHER_TYPE_LABELS, OTHER_TYPE_LABEL
 from tests.support import (
     TIMEOUT,
+    DaemonProcess,
     Source,
-    aaeventd_cmd,
+    daemon_process,
     proc_status_bytes,
-    reap,
     recv_json,
     run,
-    short_tmpdir,
-    subprocess_env,
-    wait_for_line,
 )
 
 MIB = 1 << 20
@@ -54,60 +46,11 @@ PER_SOURCE = 20
 # frames' bookkeeping (the flood took 914 MiB on the code this issue was filed on).
 ALLOWANCE = 16 * MIB
 
-READY_RE = re.compile(r"clients on ws://\S+?:(\d+)/")
 HELLO = {"type": "hello", "name": "flood", "acks": True}
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[str]
-    port: int
-    socket_path: Path
-
-    def url(self, query: str = "") -> str:
-        return f"ws://127.0.0.1:{self.port}/" + (f"?{query}" if query else "")
-
-    def get(self, path: str) -> bytes:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
-        try:
-            conn.request("GET", path, headers={"Host": "localhost"})
-            response = conn.getresponse()
-            body = response.read()
-            assert response.status == 200, (response.status, body[:200])
-            return body
-        finally:
-            conn.close()
-
-
-@contextlib.contextmanager
-def daemon_process() -> Iterator[Daemon]:
-    """``aaeventd run`` with default limits on a private socket, journal and port."""
-    with short_tmpdir() as tmp:
-        config = {
-            "sources": {"socket_path": str(tmp / "ev.sock")},
-            "websocket": {"port": 0, "ping_interval_seconds": None},
-            "journal": {"directory": str(tmp / "journal")},
-        }
-        path = tmp / "config.yaml"
-        path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-        proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(path)),
-            env=subprocess_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            match = READY_RE.search(wait_for_line(proc, " ready: "))
-            assert match is not None
-            yield Daemon(proc, int(match.group(1)), tmp / "ev.sock")
-        finally:
-            reap(proc)
-
-
 @contextlib.asynccontextmanager
-async def sources(d: Daemon, count: int) -> AsyncIterator[list[Source]]:
+async def sources(d: DaemonProcess, count: int) -> AsyncIterator[list[Source]]:
     """``count`` sources that said hello with acks, closed when the block ends."""
     opened = [await Source.connect(d.socket_path, hello=HELLO) for _ in range(count)]
     try:
@@ -134,12 +77,12 @@ def test_one_source_flooding_confirmations_gets_its_share_and_the_rest_errors() 
     and past it even a new source's first confirmation is refused; nothing refused
     reaches a client or takes a seq."""
 
-    async def body(d: Daemon) -> None:
+    async def body(d: DaemonProcess) -> None:
         # The client closes first: the sources' going expires their confirmations,
         # which it would otherwise have to read before its close handshake.
         async with (
             sources(d, MAX_PENDING // PER_SOURCE + 1) as srcs,
-            connect(d.url()) as ws,
+            connect(d.url) as ws,
         ):
             assert (await recv_json(ws))["type"] == "connected"
             first, *others, late = srcs
@@ -189,9 +132,9 @@ async def heartbeat_round_trips(ws: ClientConnection, stop: asyncio.Event) -> li
     return trips
 
 
-async def connected_size(d: Daemon) -> tuple[int, dict[str, Any]]:
+async def connected_size(d: DaemonProcess) -> tuple[int, dict[str, Any]]:
     """A client with a 1 MiB message limit: the size of its connected frame, and it."""
-    async with connect(d.url(), max_size=CONNECTED_LIMIT) as ws:
+    async with connect(d.url, max_size=CONNECTED_LIMIT) as ws:
         raw = await asyncio.wait_for(ws.recv(), TIMEOUT)
         assert isinstance(raw, str)
         frame = json.loads(raw)
@@ -207,7 +150,7 @@ def test_twenty_clients_connect_while_huge_confirmations_and_skills_are_pending(
     text = "\x01" * 4096  # \u0001 in JSON: 6 bytes a character
     options = [f"{j:02d}" + "\x01" * 62 for j in range(16)]
 
-    async def body(d: Daemon) -> None:
+    async def body(d: DaemonProcess) -> None:
         async with sources(d, MAX_PENDING // PER_SOURCE) as srcs:
             skills = [
                 {
@@ -233,7 +176,7 @@ def test_twenty_clients_connect_while_huge_confirmations_and_skills_are_pending(
                 replies = await flood(src, pending)
                 assert all(r["type"] == "ack" for r in replies), replies[0]
             before = proc_status_bytes(d.proc.pid)
-            async with connect(d.url("types=none")) as beat:
+            async with connect(d.url + "?types=none") as beat:
                 assert (await recv_json(beat))["type"] == "connected"
                 stop = asyncio.Event()
                 beats = asyncio.create_task(heartbeat_round_trips(beat, stop))
@@ -268,13 +211,13 @@ def test_thousands_of_event_types_leave_metrics_bounded() -> None:
     events = [{"type": f"custom.type-{n}"} for n in range(count)]
     events += [{"type": "persona_changed", "persona": "p"}, {"type": "custom.type-0"}]
 
-    async def body(d: Daemon) -> tuple[bytes, float]:
+    async def body(d: DaemonProcess) -> tuple[bytes, float]:
         async with sources(d, 1) as [src]:
             replies = await flood(src, events)
             assert all(r["type"] == "ack" for r in replies)
             started = time.monotonic()
             text = await asyncio.to_thread(d.get, "/metrics")
-            return text, time.monotonic() - started
+            return text.encode(), time.monotonic() - started
 
     with daemon_process() as d:
         body_bytes, took = run(body(d))

@@ -13,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import re
 import resource
-import signal
 import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +36,25 @@ from aaeventd.daemon.handshakes import (
 from aaeventd.daemon.peers import proc_net_tcp_uid, sock_diag_uid
 from tests.support import (
     FACTOR,
-    REPO,
+    IS_ROOT,
     TIMEOUT,
+    DaemonProcess,
     Source,
-    aaeventd_cmd,
+    daemon_process,
     make_config,
+    needs_root,
+    other_user,
+    pause,
+    peer_closed,
     private_daemon,
-    reap,
     recv_json,
     run,
+    run_script_as_other_user,
     running_daemon,
     short_tmpdir,
-    stderr_lines,
-    subprocess_env,
+    silent_connection,
     wait_for_line,
 )
-from tests.test_security import IS_ROOT, needs_root, other_user, run_script_as_other_user
 
 HELLO_ACKS: dict[str, Any] = {"type": "hello", "name": "limits-test", "acks": True}
 # Promptly: well under the generic deadline, even on a loaded machine.
@@ -99,27 +99,6 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def pause(seconds: float) -> None:
-    """A client's pause between attempts (pacing, not synchronisation)."""
-    done = asyncio.get_running_loop().create_future()
-    handle = asyncio.get_running_loop().call_later(seconds, done.set_result, None)
-    try:
-        await done
-    finally:
-        handle.cancel()
-
-
-async def peer_closed(sock: socket.socket, timeout: float) -> str:
-    """Wait until the other end ends ``sock`` (non-blocking): ``eof`` or ``reset``."""
-    loop = asyncio.get_running_loop()
-    try:
-        data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), timeout)
-    except ConnectionResetError:
-        return "reset"
-    assert data == b"" or data.startswith(b"HTTP/1.1 "), data[:200]
-    return "eof"
-
-
 async def closed_within(sock: socket.socket, seconds: float, what: str) -> float:
     """Seconds until the daemon ends ``sock``; a failure naming ``what`` past ``seconds``."""
     started = time.monotonic()
@@ -128,14 +107,6 @@ async def closed_within(sock: socket.socket, seconds: float, what: str) -> float
     except TimeoutError:
         raise AssertionError(f"{what}: still open after {seconds:.2f} s") from None
     return time.monotonic() - started
-
-
-async def silent_connection(port: int) -> socket.socket:
-    """A TCP connection to the daemon that never sends a byte."""
-    sock = socket.socket()
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    return sock
 
 
 async def connect_retrying(url: str, within: float) -> tuple[ClientConnection, float, int]:
@@ -160,50 +131,23 @@ async def connect_retrying(url: str, within: float) -> tuple[ClientConnection, f
         return ws, time.monotonic() - started, attempts
 
 
-@contextlib.contextmanager
-def daemon_process(
+def limited_daemon(
     tmp: Path, nofile: int, **sections: dict[str, Any]
-) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """``aaeventd run`` limited to ``nofile`` descriptors (soft and hard); (proc, port)."""
-    config: dict[str, Any] = {
-        "sources": {"socket_path": str(tmp / "ev.sock")},
-        "websocket": {"port": 0, "host": "127.0.0.1"},
-        "journal": NO_JOURNAL,
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path = tmp / "config.yaml"
-    path.write_text(json.dumps(config))
+) -> contextlib.AbstractContextManager[DaemonProcess]:
+    """``aaeventd run`` on 127.0.0.1 alone, no journal, limited to ``nofile`` descriptors
+    (soft and hard)."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    proc = subprocess.Popen(
-        aaeventd_cmd("run", "--config", str(path)),
-        env=subprocess_env(tmp),
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit,
-    )
-    try:
-        ready = wait_for_line(proc, "ready: sources on")
-        match = re.search(r"clients on ws://\S+:(\d+)/", ready)
-        assert match is not None, ready
-        yield proc, int(match.group(1))
-    finally:
-        reap(proc)
-        stderr_lines(proc).join()
+    sections["websocket"] = {"host": "127.0.0.1", **sections.get("websocket", {})}
+    return daemon_process(tmp, preexec_fn=limit, journal=NO_JOURNAL, **sections)
 
 
-def stop_and_read_log(proc: subprocess.Popen[str]) -> str:
+def stop_and_read_log(d: DaemonProcess) -> str:
     """SIGTERM, the exit code checked, and everything the daemon wrote to stderr."""
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(TIMEOUT) == 0
-    stderr_lines(proc).join()
-    return "".join(stderr_lines(proc).lines)
+    assert d.stop() == 0
+    return d.log()
 
 
 # -- the owner lookup: one socket, asked of the kernel -----------------------------------
@@ -320,13 +264,10 @@ def test_owner_check_fails_closed_when_descriptors_run_out() -> None:
 
     with (
         short_tmpdir() as tmp,
-        daemon_process(tmp, nofile, websocket={"handshake_timeout_seconds": timeout}) as (
-            proc,
-            port,
-        ),
+        limited_daemon(tmp, nofile, websocket={"handshake_timeout_seconds": timeout}) as d,
     ):
-        run(body(proc, port))
-        log = stop_and_read_log(proc)
+        run(body(d.proc, d.port))
+        log = stop_and_read_log(d)
     tracebacks = log.count("Traceback")
     exhausted = len(re.findall("cannot accept connections", log))
     owner_lines = len(re.findall(r"refusing requests \(503\)", log))
@@ -368,9 +309,9 @@ def test_half_open_connection_flood_leaves_room_and_a_quiet_log() -> None:
             for sock in socks:
                 sock.close()
 
-    with short_tmpdir() as tmp, daemon_process(tmp, nofile) as (proc, port):
-        took, attempts, held = run(body(proc.pid, port))
-        log = stop_and_read_log(proc)
+    with short_tmpdir() as tmp, limited_daemon(tmp, nofile) as d:
+        took, attempts, held = run(body(d.proc.pid, d.port))
+        log = stop_and_read_log(d)
     tracebacks = log.count("Traceback")
     exhausted = len(re.findall(r"Too many open files|cannot accept connections", log))
     # While every pending one is younger than a second a newcomer is closed (§2.4), so a
@@ -595,10 +536,10 @@ def test_sources_refused_as_overloaded_are_logged_once_a_minute() -> None:
 
     with (
         short_tmpdir() as tmp,
-        daemon_process(tmp, 1_024, sources={"max_connections": 1}) as (proc, _),
+        limited_daemon(tmp, 1_024, sources={"max_connections": 1}) as d,
     ):
         codes = run(body(tmp / "ev.sock"))
-        log = stop_and_read_log(proc)
+        log = stop_and_read_log(d)
     lines = [line for line in log.splitlines() if "source refused" in line]
     assert codes == ["overloaded"] * refused, sorted(set(codes))
     assert len(lines) == 1, (

@@ -27,9 +27,17 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.support import TIMEOUT, Source, make_config, run, running_daemon
-from tests.test_e2e import daemon_process, write_config
-from tests.test_metrics import http_get, samples
+from tests.support import (
+    TIMEOUT,
+    Source,
+    daemon_process,
+    http_get,
+    make_config,
+    run,
+    running_daemon,
+    samples,
+    write_config,
+)
 
 IS_ROOT = os.geteuid() == 0
 IN_CI = os.environ.get("AAEVENTD_CI") == "1"
@@ -223,17 +231,17 @@ def test_disk_full_while_events_flow(tmp: Path, small_fs: Path) -> None:
         check_coverage(seqs, gaps, 1400, missing)
         assert journal_lines_parse(journal_dir) == 1400 - len(missing)
 
-    with daemon_process(tmp, "--config", config) as d:
+    with daemon_process(tmp, args=["--config", config]) as d:
         run(body(d.port, d.sock))
         assert d.stop() == 0
     minutes = (time.monotonic() - started) / 60
-    errors = error_lines(d.log)
+    errors = error_lines(d.lines)
     assert len(errors) <= 2 + minutes, (
         f"{len(errors)} ERROR lines for ~1000 failed writes in {minutes:.1f} min:\n"
         + "".join(errors[:5])
     )
     assert "No space left on device" in errors[0]
-    assert sum("journal writable again" in line for line in d.log) == 1
+    assert sum("journal writable again" in line for line in d.lines) == 1
 
 
 # -- restart while the disk is still full --------------------------------------------
@@ -270,11 +278,11 @@ def test_restart_while_the_disk_is_full_reuses_no_seq(
         assert ack["seq"] > acked[-1], f"seq {ack['seq']} handed out again (acked {acked[-1]})"
         assert ack.get("journaled") is False  # the disk is still full
 
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         missing = run(first_run(first.sock))
         assert len(missing) >= 250, f"only {len(missing)} events unjournaled"
         first.stop(sig)
-    with daemon_process(tmp, "--config", config, before_ready="new epoch") as second:
+    with daemon_process(tmp, args=["--config", config], before_ready="new epoch") as second:
         assert second.epoch != first.epoch
         assert second.seq >= acked[-1], f"resumed after {second.seq}, {acked[-1]} was acked"
         run(second_run(second.port, second.sock, first.epoch))

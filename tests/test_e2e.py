@@ -7,16 +7,12 @@ PROTOCOL §7, and a run with no ``--config`` at all.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,110 +23,14 @@ from websockets.sync.client import ClientConnection, connect
 from aaeventd.client import EventSource, SourceError
 from tests.support import (
     TIMEOUT,
-    StderrLines,
     aaeventd_cmd,
-    stderr_lines,
+    daemon_process,
+    spawn,
     subprocess_env,
+    write_config,
 )
 
 pytestmark = pytest.mark.e2e
-
-READY_RE = re.compile(
-    r"ready: sources on (?P<sock>\S+), clients on ws://127\.0\.0\.1:(?P<port>\d+)/ "
-    r"\(epoch (?P<epoch>\S+), seq (?P<seq>\d+)\)"
-)
-
-
-@contextlib.contextmanager
-def spawn(*args: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], StderrLines]]:
-    """``aaeventd ARGS`` as a subprocess with stderr read line by line; always killed after."""
-    proc = subprocess.Popen(
-        aaeventd_cmd(*args),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stderr = stderr_lines(proc)
-        yield proc, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(TIMEOUT)
-        stderr.join()
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-@dataclass
-class DaemonProcess:
-    """A running ``aaeventd run`` subprocess and what its ready line said."""
-
-    proc: subprocess.Popen[str]
-    stderr: StderrLines
-    sock: str
-    port: int
-    epoch: str
-    seq: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-    @property
-    def log(self) -> list[str]:
-        return self.stderr.lines
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send ``sig``, wait for the exit and the end of stderr; the exit code."""
-        self.proc.send_signal(sig)
-        code = self.proc.wait(TIMEOUT)
-        self.stderr.join()
-        return code
-
-
-def write_config(tmp: Path, name: str = "aaeventd.yaml", **sections: dict[str, Any]) -> str:
-    """A config file private to one test (JSON is YAML); its path."""
-    data: dict[str, Any] = {
-        "sources": {"socket_path": str(tmp / "ev.sock")},
-        "websocket": {"port": 0},
-        # No pruning for free space: restarts start new files, and the tests read them all.
-        "journal": {"directory": str(tmp / "journal"), "keep_free_bytes": 0},
-    }
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    path = tmp / name
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return str(path)
-
-
-@contextlib.contextmanager
-def daemon_process(
-    tmp: Path, *args: str, env: dict[str, str] | None = None, before_ready: str | None = None
-) -> Iterator[DaemonProcess]:
-    """Start ``aaeventd run ARGS``; yields once it logged ready; always killed after.
-
-    ``before_ready``: a log line fragment that must appear before the ready line.
-    """
-    with spawn("run", *args, env=env if env is not None else subprocess_env(tmp)) as (
-        proc,
-        stderr,
-    ):
-        if before_ready is not None:
-            stderr.wait_for(before_ready)
-        line = stderr.wait_for(" ready: ")
-        match = READY_RE.search(line)
-        assert match is not None, line
-        yield DaemonProcess(
-            proc,
-            stderr,
-            sock=match["sock"],
-            port=int(match["port"]),
-            epoch=match["epoch"],
-            seq=int(match["seq"]),
-        )
 
 
 def run_cli(
@@ -176,7 +76,7 @@ def journal_seqs(directory: Path) -> list[int]:
 def test_emit_reaches_a_client_and_sigterm_stops_cleanly(tmp: Path) -> None:
     """emit → client gets seq 1; SIGTERM → exit 0, client closed 1001, socket removed."""
     config = write_config(tmp)
-    with daemon_process(tmp, "--config", config) as d:
+    with daemon_process(tmp, args=["--config", config]) as d:
         assert d.sock == str(tmp / "ev.sock")
         assert d.port > 0
         assert d.seq == 0
@@ -196,13 +96,13 @@ def test_emit_reaches_a_client_and_sigterm_stops_cleanly(tmp: Path) -> None:
                 ws.recv(timeout=TIMEOUT)
             assert ws.close_code == 1001
     assert not os.path.lexists(tmp / "ev.sock")
-    assert any("stopped after 1 events" in line for line in d.log), d.log
+    assert any("stopped after 1 events" in line for line in d.lines), d.lines
     assert journal_seqs(tmp / "journal") == [1]
 
 
 def test_sigint_stops_cleanly_too(tmp: Path) -> None:
     """SIGINT (Ctrl-C) is a clean stop too: exit 0, socket removed."""
-    with daemon_process(tmp, "--config", write_config(tmp)) as d:
+    with daemon_process(tmp, args=["--config", write_config(tmp)]) as d:
         assert emit(d.sock, {"type": "tick"}) == [1]
         assert d.stop(signal.SIGINT) == 0
     assert not os.path.lexists(tmp / "ev.sock")
@@ -214,7 +114,7 @@ def test_sigint_stops_cleanly_too(tmp: Path) -> None:
 def test_seq_continues_across_a_restart(tmp: Path) -> None:
     """After a clean restart on the same journal, seq goes on and old events replay."""
     config = write_config(tmp)
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         ndjson = '{"type":"a"}\n{"type":"b"}\n{"type":"c"}\n'
         result = run_cli(tmp, "emit", "--config", config, "-", stdin=ndjson)
         assert (result.returncode, result.stdout) == (
@@ -222,7 +122,7 @@ def test_seq_continues_across_a_restart(tmp: Path) -> None:
             "accepted seq=1 delivered=0\naccepted seq=2 delivered=0\naccepted seq=3 delivered=0\n",
         )
         assert first.stop() == 0
-    with daemon_process(tmp, "--config", config) as second:
+    with daemon_process(tmp, args=["--config", config]) as second:
         assert (second.epoch, second.seq) == (first.epoch, 3)
         with connect(f"{second.url}?since=1", open_timeout=TIMEOUT) as ws:
             assert recv_event(ws)["seq"] == 3  # connected: the last seq so far
@@ -254,7 +154,7 @@ def test_kill_9_loses_no_acked_event_and_reuses_no_seq(tmp: Path) -> None:
         except SourceError as exc:  # the daemon died under us: expected
             stopped.append(exc)
 
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         sender = threading.Thread(target=send_forever, args=(first.sock,), daemon=True)
         sender.start()
         with progress:
@@ -268,18 +168,20 @@ def test_kill_9_loses_no_acked_event_and_reuses_no_seq(tmp: Path) -> None:
     assert journaled == list(range(1, len(journaled) + 1))  # complete, in order, no holes
     assert set(acked) <= set(journaled)
     # The stale socket left by the killed daemon is replaced; seq resumes after it.
-    with daemon_process(tmp, "--config", config, before_ready="replacing stale socket") as second:
+    with daemon_process(
+        tmp, args=["--config", config], before_ready="replacing stale socket"
+    ) as second:
         assert (second.epoch, second.seq) == (first.epoch, journaled[-1])
         assert emit(second.sock, {"type": "after"}) == [journaled[-1] + 1]
         assert second.stop() == 0
-    assert next(line for line in second.log if "stale socket" in line).split()[1] == "WARNING"
+    assert next(line for line in second.lines if "stale socket" in line).split()[1] == "WARNING"
 
 
 def test_torn_last_journal_line_is_cut_with_a_warning(tmp: Path) -> None:
     """A partial last line in the newest journal file is cut with a WARNING; the start
     succeeds and seq continues after the last complete line."""
     config = write_config(tmp)
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         assert emit(first.sock, {"type": "a"}, {"type": "b"}) == [1, 2]
         assert first.stop() == 0
     newest = sorted((tmp / "journal").glob("events-*.jsonl"))[-1]
@@ -287,12 +189,12 @@ def test_torn_last_journal_line_is_cut_with_a_warning(tmp: Path) -> None:
     assert intact.endswith(b"\n")
     with newest.open("ab") as fh:
         fh.write(b'{"type":"c","n":3,"seq":3,"timesta')
-    with daemon_process(tmp, "--config", config, before_ready="torn last line") as second:
+    with daemon_process(tmp, args=["--config", config], before_ready="torn last line") as second:
         assert second.seq == 2
         assert newest.read_bytes() == intact
         assert emit(second.sock, {"type": "c"}) == [3]
         assert second.stop() == 0
-    assert next(line for line in second.log if "torn last line" in line).split()[1] == "WARNING"
+    assert next(line for line in second.lines if "torn last line" in line).split()[1] == "WARNING"
     assert journal_seqs(tmp / "journal") == [1, 2, 3]
 
 
@@ -325,7 +227,7 @@ def test_websocket_port_in_use_exits_1(tmp: Path) -> None:
         port = holder.getsockname()[1]
         result = run_cli(tmp, "run", "--config", write_config(tmp, websocket={"port": port}))
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"cannot listen on localhost:{port}" in result.stderr
     assert not os.path.lexists(tmp / "ev.sock")
 
 
@@ -333,7 +235,7 @@ def test_second_daemon_on_the_same_socket_exits_1(tmp: Path) -> None:
     """A second daemon on a live socket exits 1; the first keeps serving."""
     config = write_config(tmp)
     other = write_config(tmp, "other.yaml", journal={"directory": str(tmp / "journal2")})
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         assert emit(first.sock, {"type": "a"}) == [1]
         result = run_cli(tmp, "run", "--config", other)
         assert result.returncode == 1, result.stderr
@@ -354,7 +256,7 @@ def test_second_daemon_on_the_same_journal_exits_1(tmp: Path) -> None:
     would stamp the same seqs."""
     config = write_config(tmp)
     other = write_config(tmp, "other.yaml", sources={"socket_path": str(tmp / "ev2.sock")})
-    with daemon_process(tmp, "--config", config) as first:
+    with daemon_process(tmp, args=["--config", config]) as first:
         assert emit(first.sock, {"type": "a"}) == [1]
         with spawn("run", "--config", other, env=subprocess_env(tmp)) as (proc, stderr):
             try:
@@ -378,7 +280,7 @@ def test_run_without_config_option_uses_env_config_and_xdg_dirs(tmp: Path) -> No
     (tmp / "c.yaml").write_text("websocket: {port: 0}\n", encoding="utf-8")
     extra = {"AAEVENTD_CONFIG": str(tmp / "c.yaml")}
     sock = tmp / "run" / "aaeventd" / "events.sock"
-    with daemon_process(tmp, env=subprocess_env(tmp, **extra)) as d:
+    with daemon_process(tmp, args=[], env=subprocess_env(tmp, **extra)) as d:
         assert d.sock == str(sock)
         assert (sock.parent.stat().st_mode & 0o777, sock.stat().st_mode & 0o777) == (0o700, 0o600)
         with connect(d.url, open_timeout=TIMEOUT) as ws:

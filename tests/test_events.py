@@ -661,8 +661,13 @@ def test_memo_is_bounded_and_does_not_change_answers() -> None:
     names=st.lists(st.text(alphabet="ab_-", max_size=6), max_size=10),
 )
 def test_filter_agrees_with_fnmatchcase(globs: list[str], names: list[str]) -> None:
-    """For any globs and types, matches() equals fnmatchcase over the globs, memo or not."""
+    """For any globs and types, matches() is fnmatchcase over the plain globs (or none)
+    and over no ``!`` glob (PROTOCOL §2), memo or not."""
     type_filter = TypeFilter(globs)
+    plain = [g for g in globs if not g.startswith("!")]
+    excluded = [g[1:] for g in globs if g.startswith("!") and len(g) > 1]
     for name in names * 2:
-        expected = not globs or any(fnmatch.fnmatchcase(name, glob) for glob in globs)
-        assert type_filter.matches(name) is expected
+        expected = (not plain or any(fnmatch.fnmatchcase(name, g) for g in plain)) and not any(
+            fnmatch.fnmatchcase(name, g) for g in excluded
+        )
+        assert type_filter.matches(name) is expected, (globs, name)

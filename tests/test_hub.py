@@ -23,6 +23,7 @@ from aaeventd.daemon.hub import (
     HubLimits,
     ToSource,
 )
+from aaeventd.protocol.codec import rfc3339_utc
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import ConfirmationResponse
 from aaeventd.protocol.skills import NAME_KEEP_CHARS
@@ -724,3 +725,84 @@ def test_event_type_labels_are_bounded() -> None:
     assert by_type["t0"] == 2
     assert by_type[OTHER_TYPE_LABEL] == 50 + 2  # t100..t149, then t120 again and "other"
     assert sum(by_type.values()) == hub.stats.events_out
+
+
+# -- running skills rebuilt at start (§2.1) ------------------------------------------
+
+
+def journaled(kind: str, at: float, **fields: Any) -> dict[str, Any]:
+    """An event as the journal holds it: its type, fields and the daemon's timestamp."""
+    return {"type": kind, **fields, "timestamp": rfc3339_utc(at)}
+
+
+def test_rebuild_skills_applies_the_live_rules_on_the_events_timestamps() -> None:
+    """A running skill comes back with its step and start time; ended and idle ones do not."""
+    hub = Hub(epoch="e", last_seq=9)
+    events = [
+        journaled(
+            "skill_started", WALL - 600, skill_id="run", skill_name="start_work", total_steps=3
+        ),
+        journaled("step_started", WALL - 500, skill_id="run", step_name="fetch", step_index=1),
+        journaled("skill_started", WALL - 400, skill_id="done", skill_name="close_issue"),
+        journaled("skill_completed", WALL - 300, skill_id="done"),
+        journaled("skill_started", WALL - 3700, skill_id="old", skill_name="idle"),
+        journaled("skill_started", WALL - 7300, skill_id="heal", skill_name="healed"),
+        journaled("auto_heal_triggered", WALL - 3500, skill_id="heal", step_index=0),
+    ]
+    running = hub.rebuild_skills(events, WALL, 5000.0)
+    snapshot = hub.running_skills(5000.0)
+    assert running == 2, snapshot
+    assert [s["skill_id"] for s in snapshot] == ["run", "heal"], snapshot
+    assert snapshot[0]["current_step"] == 1, snapshot[0]
+    assert snapshot[0]["current_step_name"] == "fetch", snapshot[0]
+    assert snapshot[0]["started_at"] == rfc3339_utc(WALL - 600), snapshot[0]
+    assert hub.last_seq == 9, hub.last_seq  # nothing was stamped
+    assert hub.stats.events_out == 0, hub.stats.events_out
+
+
+def test_rebuilt_skill_ages_on_the_monotonic_clock_and_finishes_live() -> None:
+    """A rebuilt skill's idle hour counts from its last event; live events still find it."""
+    hub = Hub(epoch="e")
+    hub.rebuild_skills(
+        [journaled("skill_started", WALL - 3000, skill_id="s", skill_name="n")], WALL, 100.0
+    )
+    assert len(hub.running_skills(100.0 + SKILL_IDLE_SECONDS - 3001)) == 1
+    accept(
+        hub, {"type": "step_started", "skill_id": "s", "step_name": "b", "step_index": 2}, now=100.0
+    )
+    assert hub.running_skills(100.0)[0]["current_step"] == 2
+    accept(hub, {"type": "skill_completed", "skill_id": "s"}, now=100.0)
+    assert hub.running_skills(100.0) == []
+    hub.rebuild_skills(
+        [journaled("skill_started", WALL - 3000, skill_id="s", skill_name="n")], WALL, 100.0
+    )
+    left = hub.running_skills(100.0 + SKILL_IDLE_SECONDS - 2999)
+    assert left == [], f"{len(left)} skill(s) left 3601 s after their last event"
+
+
+def test_rebuild_reads_any_timestamp_format_and_carries_unreadable_ones() -> None:
+    """An offset timestamp is read; one that cannot be read takes the previous event's."""
+    hub = Hub(epoch="e")
+    events: list[dict[str, Any]] = [
+        {
+            "type": "skill_started",
+            "skill_id": "a",
+            "skill_name": "a",
+            "timestamp": "2026-02-04T12:30:00+02:00",
+        },  # WALL - 0.123
+        {
+            "type": "skill_started",
+            "skill_id": "b",
+            "skill_name": "b",
+            "timestamp": rfc3339_utc(WALL - 4000),
+        },
+        {
+            "type": "step_started",
+            "skill_id": "b",
+            "step_name": "x",
+            "step_index": 0,
+            "timestamp": "yesterday",
+        },
+    ]
+    assert hub.rebuild_skills(events, WALL, 0.0) == 1
+    assert [s["skill_id"] for s in hub.running_skills(0.0)] == ["a"]

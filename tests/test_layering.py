@@ -2,10 +2,11 @@
 
 Three sides over a shared core: ``aaeventd/daemon/`` (what ``aaeventd run``
 executes), ``aaeventd/cli/`` (the commands and the terminal views) and the public
-libraries ``aaeventd/client.py`` (sources) and ``aaeventd/subscriber.py`` (watchers),
-over ``protocol/`` and the shared modules (``config``, ``errors``, ``tokens``,
-``endpoints``, ``backoff``).  The package rules below say which side may import
-which; the per-module table under them keeps each daemon module to its job.
+libraries ``aaeventd/client.py`` (sources), ``aaeventd/subscriber.py`` (watchers) and
+``aaeventd/compat.py`` (the old emitter API, over ``client.py``), over ``protocol/``
+and the shared modules (``config``, ``errors``, ``tokens``, ``endpoints``, ``backoff``).
+The package rules below say which side may import which; the per-module table under
+them keeps each daemon module to its job.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PACKAGE = ROOT / "aaeventd"
 
 DAEMON = "aaeventd.daemon"
 CLI = "aaeventd.cli"
-LIBRARIES = ("aaeventd.client", "aaeventd.subscriber")
+LIBRARIES = ("aaeventd.client", "aaeventd.subscriber", "aaeventd.compat")
 SHARED = ("config.py", "errors.py", "tokens.py", "endpoints.py", "backoff.py")
 # What "I/O" means for the sans-I/O protocol package.
 IO_MODULES = (
@@ -65,6 +66,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "aaeventd.daemon.notify",
     ),
     "daemon/web.py": ("aaeventd.daemon.ingest", "aaeventd.daemon.hub", "aaeventd.daemon.journal"),
+    # Reads the daemon through its own DaemonState Protocol: no app, not even for types.
+    "daemon/views.py": ("aaeventd.daemon.app", "asyncio"),
     "daemon/journal.py": ("websockets", "aaeventd.daemon.hub", "asyncio"),
     "daemon/notify.py": (
         "aaeventd.daemon.hub",
@@ -161,7 +164,7 @@ def offenders(key: str, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def test_the_three_sides_are_packages() -> None:
-    """A reader who opens aaeventd/ sees daemon/, cli/, protocol/ and the two libraries."""
+    """A reader who opens aaeventd/ sees daemon/, cli/, protocol/ and the libraries."""
     for package in ("daemon", "cli", "protocol"):
         assert (PACKAGE / package / "__init__.py").is_file(), package
     for library in LIBRARIES:
@@ -214,6 +217,17 @@ def test_client_library_is_standard_library_only() -> None:
         imp.module
         for imp in imports_in(PACKAGE / "client.py")
         if imp.module.partition(".")[0] not in sys.stdlib_module_names
+    )
+    assert outside == []
+
+
+def test_compat_library_imports_only_the_client_library() -> None:
+    """compat.py mirrors the old emitter API on client.py alone (and the standard library)."""
+    outside = sorted(
+        imp.module
+        for imp in imports_in(PACKAGE / "compat.py")
+        if imp.module.partition(".")[0] not in sys.stdlib_module_names
+        and imp.module != "aaeventd.client"
     )
     assert outside == []
 

@@ -15,33 +15,18 @@ from aaeventd.daemon.peers import OwnerUnknown
 from tests.support import (
     TIMEOUT,
     Source,
+    http_get,
     make_config,
+    pause,
+    peer_closed,
     recv_json,
     run,
     running_daemon,
+    samples,
     short_tmpdir,
+    silent_connection,
     ws_connect,
 )
-from tests.test_connection_limits import pause, peer_closed, silent_connection
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_render_escapes_label_values_and_types() -> None:

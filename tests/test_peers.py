@@ -26,8 +26,17 @@ from aaeventd.daemon.peers import (
     proc_net_tcp_uid,
     sock_diag_uid,
 )
-from tests.support import TIMEOUT, make_config, run, running_daemon, short_tmpdir
-from tests.test_security import IS_ROOT, needs_root, other_user, run_script_as_other_user
+from tests.support import (
+    IS_ROOT,
+    TIMEOUT,
+    make_config,
+    needs_root,
+    other_user,
+    run,
+    run_script_as_other_user,
+    running_daemon,
+    short_tmpdir,
+)
 
 SAMPLE = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -2,19 +2,23 @@
 
 ``tests/fixtures/running_skills.json`` lists event sequences and the running skills
 each must leave.  Here the daemon's hub and ``watch --live``'s :class:`LiveView`
-(both through :mod:`aaeventd.protocol.skills`) run every case; ``tests/test_ui.py``
-runs the same cases through the web UI's JavaScript.
+(both through :mod:`aaeventd.protocol.skills`) run every case, and so does the hub
+rebuilt at start from the journal files; ``tests/test_ui.py`` runs the same cases
+through the web UI's JavaScript.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aaeventd.cli.console import LiveView
 from aaeventd.daemon.hub import Hub
+from aaeventd.daemon.journal import Journal
+from aaeventd.daemon.replay import skill_history
 from aaeventd.protocol.events import EVENT_ADAPTER
 from aaeventd.protocol.skills import skill_key
 from tests.support import REPO
@@ -104,3 +108,18 @@ def test_live_view_rebuilds_the_list_from_the_snapshot(case: dict[str, Any]) -> 
     view.feed(connected(hub.running_skills(0.0), hub.last_seq), WALL)
     got = project(view.running_skills())
     assert got == case["running"], f"LiveView from the snapshot: {got}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hub_rebuilt_from_the_journal_follows_the_fixture(case: dict[str, Any], tmp: Path) -> None:
+    """After a restart, the list rebuilt from the journal files is the fixture's (§2.1)."""
+    live = Hub(epoch="rules")
+    stamped = [live.stamp(dict(event), event["type"], WALL, 0.0) for event in case["events"]]
+    journal = Journal(tmp, max_file_bytes=4096, max_files=1000, fsync="never")
+    journal.open()
+    assert journal.append(stamped) == len(stamped)
+    journal.close()
+    rebuilt = Hub(epoch="rules")
+    rebuilt.rebuild_skills(skill_history(journal, WALL + 60), WALL + 60, 60.0)
+    got = project(rebuilt.running_skills(60.0))
+    assert got == case["running"], f"rebuilt: {got}"

@@ -18,17 +18,19 @@ import time
 
 from tests.support import (
     FACTOR,
+    STOP_LIMIT,
     TIMEOUT,
     DaemonProcess,
     daemon_process,
     non_reader,
+    peer_closed,
     run,
+    silent_connection,
     stderr_lines,
     wait_for_clients,
 )
-from tests.test_client_budgets import HELLO, STOP_LIMIT
-from tests.test_connection_limits import peer_closed, silent_connection
 
+HELLO = {"type": "hello", "name": "stop-bounds", "acks": True}
 # Promptly: well under the stop's own bound, even on a loaded machine.
 PROMPT = 1.0 * FACTOR
 

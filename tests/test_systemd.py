@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect as ws_connect_sync
 
 from aaeventd.cli.service import (
     SERVICE_UNIT,
@@ -38,8 +39,19 @@ from aaeventd.cli.service import (
     render_units,
 )
 from aaeventd.config import parse_config, resolve_journal_dir, resolve_socket_path
-from tests.support import REPO, TIMEOUT, aaeventd_cmd, reap, short_tmpdir, subprocess_env
-from tests.test_notify import Log, line_source, write_config, ws_client
+from tests.support import (
+    REPO,
+    TIMEOUT,
+    Log,
+    daemon_process,
+    fake_systemctl,
+    line_source,
+    reap,
+    short_tmpdir,
+    subprocess_env,
+    write_config,
+    ws_client,
+)
 
 SHIPPED = REPO / "systemd"
 
@@ -196,8 +208,11 @@ def test_socket_units_name_their_fds_and_use_the_daemons_default_path() -> None:
     assert resolve_socket_path(defaults, {"RUNTIME_DIRECTORY": "/R/aaeventd"}) == Path(
         "/R/aaeventd/events.sock"
     )
+    # websocket.host: localhost means both loopback addresses, one port (PROTOCOL §2).
     port = defaults.websocket.port
-    assert ws["Socket.ListenStream"] == [f"{defaults.websocket.host}:{port}"]
+    assert defaults.websocket.host == "localhost"
+    assert ws["Socket.ListenStream"] == [f"127.0.0.1:{port}", f"[::1]:{port}"]
+    assert ws["Socket.BindIPv6Only"] == ["ipv6-only"]
 
 
 def test_exec_path_quotes_what_systemd_parses_back() -> None:
@@ -223,23 +238,6 @@ def test_exec_path_quotes_what_systemd_parses_back() -> None:
 def other_warnings(err: io.StringIO) -> list[str]:
     """Lines on ``err`` except the PrivateTmp one a checkout under /tmp always gets."""
     return [ln for ln in err.getvalue().splitlines() if "under a temporary directory" not in ln]
-
-
-@contextlib.contextmanager
-def fake_systemctl(tmp: Path, monkeypatch: pytest.MonkeyPatch, rc: int) -> Iterator[Path]:
-    """A ``systemctl`` on PATH that records its arguments (no user manager runs here)."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    calls = tmp / "systemctl-calls"
-    script = bin_dir / "systemctl"
-    script.write_text(
-        f'#!/bin/sh\necho "$*" >> {calls}\n'
-        f'[ {rc} -eq 0 ] || echo "Failed to connect to bus: No medium found" >&2\nexit {rc}\n',
-        encoding="utf-8",
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    yield calls
 
 
 def test_install_service_writes_units_and_reloads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -422,9 +420,11 @@ def fd_cloexec(pid: int, fd: int) -> bool:
     return bool(int(match.group(1), 8) & 0o2000000)  # O_CLOEXEC
 
 
-@pytest.mark.parametrize("inherited", ["both", "events", "websocket"])
+@pytest.mark.parametrize("inherited", ["both", "events", "websocket", "websocket-v4-v6"])
 def test_socket_activation_adopts_inherited_sockets(inherited: str) -> None:
-    """Inherited fds named events/websocket are served instead of binding; any subset works."""
+    """Inherited fds named events/websocket are served instead of binding; any subset
+    works, and two websocket fds (127.0.0.1 and ::1, as aaeventd-ws.socket passes) are
+    both served."""
     with short_tmpdir() as tmp, contextlib.ExitStack() as stack:
         socks: list[socket.socket] = []
         names: list[str] = []
@@ -436,22 +436,36 @@ def test_socket_activation_adopts_inherited_sockets(inherited: str) -> None:
             unix.listen(16)
             socks.append(unix)
             names.append("events")
-        if inherited in ("both", "websocket"):
+        expect_addresses: list[str] = []
+        if inherited.startswith(("both", "websocket")):
             tcp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             tcp.bind(("127.0.0.1", 0))
             tcp.listen(16)
             tcp_port = tcp.getsockname()[1]
             socks.append(tcp)
             names.append("websocket")
+            expect_addresses.append(f"127.0.0.1:{tcp_port}")
+        if inherited == "websocket-v4-v6":
+            tcp6 = stack.enter_context(socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+            tcp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            tcp6.bind(("::1", tcp_port))
+            tcp6.listen(16)
+            socks.append(tcp6)
+            names.append("websocket")
+            expect_addresses.append(f"[::1]:{tcp_port}")
         proc = stack.enter_context(activated_daemon(tmp, socks, ":".join(names)))
         log = Log(proc)
         line = log.until(" ready: ")[-1]
-        match = re.search(r"sources on (\S+), clients on ws://127\.0\.0\.1:(\d+)/", line)
+        match = re.search(r"sources on (\S+), clients on ws://\S+?:(\d+)/", line)
         assert match, line
         served_path, port = Path(match.group(1)), int(match.group(2))
         expect_path = unix_path if "events" in names else tmp / "ev.sock"
         with line_source(served_path), ws_client(port):
             health = healthz(port)
+            if inherited == "websocket-v4-v6":
+                with ws_connect_sync(f"ws://[::1]:{port}/", open_timeout=TIMEOUT) as ws6:
+                    first6 = json.loads(ws6.recv(timeout=TIMEOUT))
+                assert first6["type"] == "connected", first6
         cloexec = [fd_cloexec(proc.pid, 3 + i) for i in range(len(socks))]
         bound_own = (tmp / "ev.sock").exists()
         proc.send_signal(signal.SIGTERM)
@@ -460,6 +474,7 @@ def test_socket_activation_adopts_inherited_sockets(inherited: str) -> None:
         assert (health["port"], health["socket_path"]) == (port, str(expect_path))
         if tcp_port is not None:
             assert port == tcp_port
+            assert health["addresses"] == expect_addresses, health["addresses"]
         assert bound_own is ("events" not in names)  # bound itself only when not inherited
         assert cloexec == [True] * len(socks)
         assert code == 0
@@ -477,26 +492,14 @@ def test_daemon_uses_state_and_runtime_directory_from_systemd() -> None:
         cfg = tmp / "config.yaml"
         cfg.write_text("websocket:\n  port: 0\n", encoding="utf-8")
         env = subprocess_env(tmp, STATE_DIRECTORY=str(state), RUNTIME_DIRECTORY=str(runtime))
-        proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(cfg)),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            log = Log(proc)
-            seen = log.until(" ready: ")
+        with daemon_process(tmp, args=["--config", str(cfg)], env=env) as d:
             with line_source(runtime / "events.sock") as source:
                 ack = source.send({"type": "persona_changed", "persona": "x"})
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(TIMEOUT)
-        finally:
-            reap(proc)
+            code = d.stop()
         defaults = parse_config({"websocket": {"port": 0}})
         assert resolve_journal_dir(defaults, env) == state / "journal"
-        assert f"journal {state / 'journal'}: " in "".join(seen)
-        assert f"sources on {runtime / 'events.sock'}, " in seen[-1]
+        assert any(f"journal {state / 'journal'}: " in line for line in d.lines), d.log()
+        assert d.socket_path == runtime / "events.sock"
         assert ack["seq"] == 1
         assert [p.name for p in (state / "journal").glob("*.jsonl")] == [
             "events-000000000001.jsonl"

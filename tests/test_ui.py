@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,9 +34,8 @@ from aaeventd.backoff import backoff
 from tests.support import (
     REPO,
     TIMEOUT,
-    aaeventd_cmd,
-    stderr_lines,
-    subprocess_env,
+    DaemonProcess,
+    daemon_process,
 )
 
 CHROMIUM = os.environ.get("AAEVENTD_CHROMIUM", "/usr/bin/chromium")
@@ -83,65 +81,22 @@ if MISSING is None:
 
     expect.set_options(timeout=TIMEOUT * 1000)
 
-READY_RE = re.compile(r" ready: sources on \S+, clients on ws://127\.0\.0\.1:(?P<port>\d+)/")
 TOKEN = "ui-token-0123456789"
 
 # -- the daemon as a subprocess ----------------------------------------------------
 
 
-class DaemonProcess:
-    """``aaeventd run`` with a config private to one test; ready once constructed."""
-
-    def __init__(self, tmp: Path, *, port: int = 0, journal: str = "journal", token: bool = False):
-        config: dict[str, Any] = {
-            "sources": {"socket_path": str(tmp / "ev.sock")},
-            "websocket": {"port": port},
-            "journal": {"directory": str(tmp / journal)},
-        }
-        if token:
-            config["auth"] = {"token_file": str(tmp / "token")}
-        self.config_path = tmp / f"aaeventd-{journal}-{port}.json"
-        self.config_path.write_text(json.dumps(config), encoding="utf-8")
-        self.socket_path = tmp / "ev.sock"
-        self.proc = subprocess.Popen(
-            aaeventd_cmd("run", "--config", str(self.config_path)),
-            env=subprocess_env(tmp),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        self.stderr = stderr_lines(self.proc)
-        try:
-            match = READY_RE.search(self.stderr.wait_for(" ready: "))
-        except BaseException:
-            self.close()
-            raise
-        assert match is not None
-        self.port = int(match["port"])
-
-    def stop(self) -> None:
-        """SIGTERM, then wait for a clean exit."""
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(TIMEOUT) == 0, "".join(self.stderr.lines)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
-        self.stderr.join()
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-
-
-@contextlib.contextmanager
-def daemon(tmp: Path, **kwargs: Any) -> Iterator[DaemonProcess]:
-    proc = DaemonProcess(tmp, **kwargs)
-    try:
-        yield proc
-    finally:
-        proc.close()
+def daemon(
+    tmp: Path, *, port: int = 0, journal: str = "journal", token: bool = False
+) -> contextlib.AbstractContextManager[DaemonProcess]:
+    """``aaeventd run`` with a config private to one test (:func:`daemon_process`)."""
+    auth = {"token_file": str(tmp / "token")} if token else {}
+    return daemon_process(
+        tmp,
+        websocket={"port": port},
+        journal={"directory": str(tmp / journal)},
+        auth=auth,
+    )
 
 
 class RawSource:
@@ -612,7 +567,7 @@ def test_reconnect_after_restart_loses_and_repeats_nothing(
         src.emit("step_completed", skill_name="long_job", step_name="one", step_index=0)
         src.emit("tools_list_changed", count=1)
         src.close()
-        first.stop()
+        assert first.stop() == 0
     expect(ui.by("conn-status")).to_have_attribute("data-state", "reconnecting")
     expect(ui.by("reconnect-now")).to_be_visible()
 
@@ -633,8 +588,9 @@ def test_reconnect_after_restart_loses_and_repeats_nothing(
         assert ui.log_seqs() == [9, 8, 7, 6, 5, 4, 3, 2, 1]
         expect(ui.by("last-seq")).to_have_text("9")
         expect(ui.by("gap-banner")).to_be_hidden()
-        # The restarted daemon knows no running skill: neither does the page.
-        expect(ui.by("skills-count")).to_have_text("0")
+        # The restarted daemon rebuilt long_job from its journal (§2.1): the page shows it,
+        # once, at the step it had reached.
+        expect(ui.by("skills-count")).to_have_text("1")
         ui.assert_clean(allowed=refused_ws(port))
 
 
@@ -648,7 +604,7 @@ def test_new_epoch_after_restart_shows_the_gap_banner(tmp: Path, context: Browse
         expect(ui.by("log-entry")).to_have_count(2)
         expect(ui.by("skills-count")).to_have_text("1")
         src.close()
-        first.stop()
+        assert first.stop() == 0
     expect(ui.by("conn-status")).to_have_attribute("data-state", "reconnecting")
     with daemon(tmp, port=port, journal="j2") as second, source(second.socket_path) as src:
         second.stderr.wait_for(" since=2")

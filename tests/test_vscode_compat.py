@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from aaeventd.client import AsyncEventSource
+from aaeventd.compat import CompatServer
 from aaeventd.daemon.app import Daemon
 from tests.support import (
     REPO,
@@ -135,15 +137,15 @@ class Extension:
 
 @contextlib.asynccontextmanager
 async def extension(
-    node: str, d: Daemon, tmp: Path, heartbeat_ms: int = 30_000
+    node: str, d: Daemon, tmp: Path, heartbeat_ms: int = 30_000, host: str = "localhost"
 ) -> AsyncIterator[Extension]:
-    """The Node client connected to ``ws://localhost:PORT``, its first frame read."""
+    """The Node client connected to ``ws://HOST:PORT`` (localhost), its first report read."""
     env = {**os.environ, "HEARTBEAT_MS": str(heartbeat_ms)}
     with (tmp / "node-stderr.txt").open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             node,
             str(SCRIPT),
-            f"ws://localhost:{d.ws_port}",
+            f"ws://{host}:{d.ws_port}",
             cwd=NODE_DIR,
             env=env,
             stdin=asyncio.subprocess.PIPE,
@@ -382,5 +384,98 @@ def test_extension_reconnect_restores_its_view_from_connected(node: str) -> None
         assert after["dialogs"]["new"]["prompt"] == "New?"
         assert after["dialogs"]["new"]["options"] == ["ok"]
         assert after["dialogs"]["new"]["timeout_seconds"] == 30
+
+    run(body())
+
+
+def healthz_over(host: str, port: int) -> dict[str, Any]:
+    """``GET /healthz`` on ``host`` (an address, IPv6 in brackets)."""
+    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/healthz", headers={"Host": f"localhost:{port}"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200, (response.status, body)
+        assert isinstance(body, dict)
+        return body
+    finally:
+        conn.close()
+
+
+def test_extension_connects_over_both_loopback_addresses_of_localhost(node: str) -> None:
+    """The default host (localhost) serves ws://[::1]:PORT and ws://127.0.0.1:PORT, one
+    port: the Node ws client gets `connected` on each; /healthz lists both addresses."""
+
+    async def body() -> None:
+        async with daemon_and_tmp() as (d, tmp):
+            assert d.config.websocket.host == "localhost"
+            assert d.listening is not None
+            port = d.listening.port
+            assert d.listening.addresses == (("127.0.0.1", port), ("::1", port))
+            for host in ("[::1]", "127.0.0.1"):
+                async with extension(node, d, tmp, host=host) as ext:
+                    connected = await ext.frame("connected")
+                    assert connected["seq"] == 0, connected
+                    health = await asyncio.to_thread(healthz_over, host, port)
+                    assert health["addresses"] == [f"127.0.0.1:{port}", f"[::1]:{port}"], health
+                    assert health["clients"] == 1, f"{health['clients']} clients over {host}"
+
+    run(body())
+
+
+def test_extension_opened_after_a_restart_sees_the_running_skill(node: str) -> None:
+    """A window opened after a daemon restart shows the running skill and follows it."""
+
+    async def body() -> None:
+        with short_tmpdir() as tmp:
+            config = make_config(tmp)
+            async with (
+                running_daemon(config) as d,
+                await Source.connect(d.socket_path, hello=HELLO) as src,
+            ):
+                await send_all(src, *skill_run("run-r")[:4])  # at step 1, "branch"
+            async with running_daemon(config) as d, extension(node, d, tmp) as ext:
+                connected = await ext.frame("connected")
+                state = await ext.state()
+                assert list(state["skills"]) == ["run-r"], connected["running_skills"]
+                assert state["skills"]["run-r"]["current_step"] == 1, state["skills"]
+                async with await Source.connect(d.socket_path, hello=HELLO) as src:
+                    await send_all(src, *skill_run("run-r")[7:])
+                await ext.frame("skill_completed", skill_id="run-r")
+                state = await ext.state()
+            assert state["skills"] == {}, state["skills"]
+            finished = [(f["skill_id"], f["status"]) for f in state["finished"]]
+            assert finished == [("run-r", "completed")], finished
+
+    run(body())
+
+
+def test_extension_follows_the_engine_through_the_compat_api(node: str) -> None:
+    """The old emitter API (aaeventd.compat) drives the extension's view, answer included."""
+
+    async def body() -> None:
+        async with daemon_and_tmp() as (d, tmp), extension(node, d, tmp) as ext:
+            await ext.frame("connected")
+            engine = CompatServer(AsyncEventSource(d.socket_path, name="skill-engine"))
+            await engine.skill_started("e1", "start_work", 2)
+            await engine.step_started("e1", 0, "load")
+            await engine.step_completed("e1", 0, "load", 12.5)
+            await engine.auto_heal_triggered("e1", 0, "timeout", "retry", "x" * 300)
+            await engine.auto_heal_completed("e1", 0, "retry", True)
+            asking = asyncio.create_task(
+                engine.request_confirmation("e1", 1, "Push?", ["yes", "no"], "yes", 60)
+            )
+            required = await ext.frame("confirmation_required")
+            await ext.command("answer", id=required["id"], response="no", remember="this-skill")
+            answer = await asyncio.wait_for(asking, TIMEOUT)
+            await engine.skill_completed("e1", 40)
+            await ext.frame("skill_completed", skill_id="e1")
+            state = await ext.state()
+            await engine.stop()
+        assert answer == {"response": "no", "remember": "this-skill"}, answer
+        (done,) = state["finished"]
+        assert done["steps"] == {"0": {"name": "load", "status": "completed", "duration_ms": 12.5}}
+        assert done["heals"] == [{"step_index": 0, "status": "healed"}], done
+        assert [c["why"] for c in state["closedDialogs"]] == ["answered"], state["closedDialogs"]
 
     run(body())

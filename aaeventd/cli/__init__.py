@@ -1,36 +1,60 @@
 """The ``aaeventd`` command: ``run``, ``check-config``, ``emit``, ``watch``, ``confirm``,
-``status``, ``clients``, ``ui``, ``install-service``.
+``status``, ``clients``, ``ui``, ``install-service``, ``uninstall-service``.
 
 ``main(argv) -> int`` parses the command line and returns the exit code: 0 success,
 1 runtime failure (daemon unreachable, event rejected, socket in use), 2 bad
-configuration or usage.  This package is the only one that prints; it reaches the
+configuration or usage, 130 Ctrl-C (quietly, in any command).  The command modules
+(and with them pydantic) are imported only once a command runs: ``--version`` and
+``--help`` stay cheap.  This package is the only one that prints; it reaches the
 daemon only through :func:`aaeventd.daemon.app.serve` (imported by ``run`` alone), the
 libraries :mod:`aaeventd.client` and :mod:`aaeventd.subscriber`, and the public
 protocol (WebSocket, ``/healthz``, ``/clients``).  Here: the argparse tree, ``run``
 and ``check-config``; each other command is a module of its own (:mod:`.emit`,
 :mod:`.watch`, :mod:`.status` for ``status``/``clients``/``ui``, :mod:`.confirm`,
-:mod:`.service` for ``install-service``), over :mod:`.common`.  What the text looks
-like is :mod:`aaeventd.cli.console`'s business.
+:mod:`.service` for ``install-service`` and ``uninstall-service``), over
+:mod:`.common`.  What the text looks like is :mod:`aaeventd.cli.console`'s business.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 
 from aaeventd import __version__
-from aaeventd.cli.common import EXIT_OK, EXIT_USAGE, REMEMBER_CHOICES, CommandFailed, err, load
-from aaeventd.cli.confirm import cmd_confirm
-from aaeventd.cli.emit import cmd_emit
-from aaeventd.cli.service import cmd_install_service
-from aaeventd.cli.status import cmd_clients, cmd_status, cmd_ui
-from aaeventd.cli.watch import cmd_watch
-from aaeventd.config import load_config, resolve_socket_path, resolve_token_file
+from aaeventd.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    REMEMBER_CHOICES,
+    CommandFailed,
+    err,
+    load,
+)
+from aaeventd.endpoints import url_host
 from aaeventd.errors import ConfigError
 
+# command -> (module under aaeventd.cli, or "" for this one; its function)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("", "_cmd_run"),
+    "check-config": ("", "_cmd_check_config"),
+    "emit": ("emit", "cmd_emit"),
+    "watch": ("watch", "cmd_watch"),
+    "confirm": ("confirm", "cmd_confirm"),
+    "status": ("status", "cmd_status"),
+    "clients": ("status", "cmd_clients"),
+    "ui": ("status", "cmd_ui"),
+    "install-service": ("service", "cmd_install_service"),
+    "uninstall-service": ("service", "cmd_uninstall_service"),
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The example config inside the package (``check-config --example``).
+EXAMPLE_CONFIG = "example-config.yaml"
 
-def _build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; also what shell completion and the man page are made from
+    (``shtab aaeventd.cli.build_parser``, ``argparse-manpage --function build_parser``)."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="aaeventd",
@@ -48,16 +72,30 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  aaeventd run --config ~/.config/aaeventd/config.yaml",
         formatter_class=fmt,
     )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="override logging.level of the config (until a reload reads the file again)",
+    )
     _config_arg(run)
 
     check = sub.add_parser(
         "check-config",
         help="validate a config file and exit (0 valid, 2 invalid)",
         description="Validate a config file without starting anything. Exit 0 if valid, 2 if not.",
-        epilog="example:\n  aaeventd check-config config/aaeventd.yaml",
+        epilog=(
+            "examples:\n  aaeventd check-config config/aaeventd.yaml\n"
+            "  aaeventd check-config --example > ~/.config/aaeventd/config.yaml"
+        ),
         formatter_class=fmt,
     )
     check.add_argument("path", nargs="?", help="the YAML file (default: the usual lookup)")
+    check.add_argument(
+        "--example",
+        action="store_true",
+        help="print the example config (every key with its default) and exit",
+    )
 
     emit = sub.add_parser(
         "emit",
@@ -98,11 +136,14 @@ def _build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  aaeventd watch\n"
             "  aaeventd watch --live\n"
-            "  aaeventd watch --types 'skill_*,heal_*' --json"
+            "  aaeventd watch --types 'skill_*,heal_*' --json\n"
+            "  aaeventd watch --types '!step_*'"
         ),
         formatter_class=fmt,
     )
-    watch.add_argument("--types", help="comma-separated globs, e.g. 'skill_*,heal_*'")
+    watch.add_argument(
+        "--types", help="comma-separated globs, '!' excludes, e.g. 'skill_*,heal_*' or '!step_*'"
+    )
     watch.add_argument("--json", action="store_true", help="print raw JSON lines")
     watch.add_argument(
         "--live", action="store_true", help="a live screen of skills, confirmations and events"
@@ -215,6 +256,22 @@ def _build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--dry-run", action="store_true", help="print the units instead of writing them"
     )
+
+    uninstall = sub.add_parser(
+        "uninstall-service",
+        help="stop, disable and remove the units install-service wrote",
+        description=(
+            "Run 'systemctl --user disable --now' on the aaeventd units in\n"
+            "~/.config/systemd/user/ (the sockets first), remove their files and run\n"
+            "'systemctl --user daemon-reload'. The config, token and journal stay.\n"
+            "--dry-run prints what it would do and changes nothing."
+        ),
+        epilog="examples:\n  aaeventd uninstall-service --dry-run\n  aaeventd uninstall-service",
+        formatter_class=fmt,
+    )
+    uninstall.add_argument(
+        "--dry-run", action="store_true", help="print what would be done instead of doing it"
+    )
     return parser
 
 
@@ -235,22 +292,22 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aaeventd`` command; returns the exit code."""
-    parser = _build_parser()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C wherever it lands (an import, a connect, a print): no traceback.
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    handler = {
-        "run": _cmd_run,
-        "check-config": _cmd_check_config,
-        "emit": cmd_emit,
-        "watch": cmd_watch,
-        "confirm": cmd_confirm,
-        "status": cmd_status,
-        "clients": cmd_clients,
-        "ui": cmd_ui,
-        "install-service": cmd_install_service,
-    }[args.command]
+    module, name = COMMANDS[args.command]
+    owner = importlib.import_module(f"{__name__}.{module}" if module else __name__)
+    handler: Callable[[argparse.Namespace], int] = getattr(owner, name)
     try:
         return handler(args)
     except ConfigError as exc:
@@ -265,18 +322,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from aaeventd.daemon.app import serve
 
     config, path = load(args)
+    if args.log_level:
+        logging = config.logging.model_copy(update={"level": args.log_level})
+        config = config.model_copy(update={"logging": logging})
     return asyncio.run(serve(config, config_path=path))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    if args.example:
+        if args.path is not None:
+            err("give either PATH or --example, not both")
+            return EXIT_USAGE
+        from importlib.resources import files
+
+        # Shipped in the wheel; config/aaeventd.yaml in the source tree is the same file.
+        print(files("aaeventd").joinpath(EXAMPLE_CONFIG).read_text(encoding="utf-8"), end="")
+        return EXIT_OK
+    from aaeventd.config import load_config, resolve_socket_path, resolve_token_file
+
     config, path = load_config(args.path)
     where = path or "built-in defaults"
     print(f"{where}: ok")
     print(f"  sources:   {resolve_socket_path(config)}")
-    print(f"  clients:   ws://{config.websocket.host}:{config.websocket.port}/")
+    print(f"  clients:   ws://{url_host(config.websocket.host)}:{config.websocket.port}/")
     token = resolve_token_file(config)
     print(f"  token:     {token if token else 'none (loopback, Host/Origin checks only)'}")
     return EXIT_OK

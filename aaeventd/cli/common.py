@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from aaeventd.config import Config, load_config, resolve_token_file
 from aaeventd.endpoints import http_base, url_host, websocket_url
 from aaeventd.errors import AaeventdError
 from aaeventd.tokens import read_token
 
+if TYPE_CHECKING:
+    # Imported where used: ``aaeventd --version`` and ``--help`` never load pydantic.
+    from aaeventd.config import Config
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# Ctrl-C: 128 + SIGINT, as a shell reports a command it interrupted.
+EXIT_INTERRUPTED = 130
 
 REMEMBER_CHOICES = ("none", "this-error", "this-skill", "always")
 
@@ -34,6 +39,8 @@ def err(text: str, stream: TextIO | None = None) -> None:
 
 
 def load(args: argparse.Namespace) -> tuple[Config, str | None]:
+    from aaeventd.config import load_config
+
     return load_config(getattr(args, "config", None))
 
 
@@ -47,6 +54,8 @@ def configured_token(config: Config) -> str | None:
     Raises:
         ConfigError: the file exists but cannot be read.
     """
+    from aaeventd.config import resolve_token_file
+
     token_file = resolve_token_file(config)
     return None if token_file is None else read_token(token_file)
 

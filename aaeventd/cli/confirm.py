@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aaeventd import __version__
 from aaeventd.cli.common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     REMEMBER_CHOICES,
@@ -58,9 +59,12 @@ def cmd_confirm(args: argparse.Namespace) -> int:
             return _answer(conn, cid, response, remember)
     except SubscriberError as exc:
         err(str(exc))
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         print(file=sys.stderr)
         err("nothing answered")
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the prompt's line; Ctrl-C says the rest
+        return EXIT_INTERRUPTED
     return EXIT_FAILURE
 
 

@@ -1,8 +1,9 @@
 """``aaeventd emit``: send events to the daemon as a source, from the command line.
 
 One event from ``TYPE KEY=VALUE...`` or ``--json OBJ``, or NDJSON on stdin with
-``-``; each is sent with :class:`aaeventd.client.EventSource` (no reconnect: an
-absent daemon is reported, not buffered) and its ack or rejection is printed.
+``-`` (streamed: each line is sent as it arrives); each is sent with
+:class:`aaeventd.client.EventSource` (no reconnect: an absent daemon is reported, not
+buffered) and its ack or rejection is printed at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +50,27 @@ def _strict_json(raw: str) -> Any:
     return json.loads(raw, parse_constant=no_constant, parse_float=finite)
 
 
+def _stdin_lines() -> Iterator[tuple[str, bytes]]:
+    """Each non-blank stdin line as it arrives (a producer's pipe is never read ahead)."""
+    stdin = sys.stdin.buffer
+    number = 0
+    while raw := stdin.readline():
+        number += 1
+        line = raw.rstrip(b"\r\n")
+        if line.strip():
+            yield f"stdin line {number}: ", line
+
+
 def cmd_emit(args: argparse.Namespace) -> int:
     from aaeventd.client import EventRejected, EventSource, SourceError
 
     # (label for error messages, the JSON line); the label names the stdin line.
-    lines: list[tuple[str, bytes]]
+    lines: Iterable[tuple[str, bytes]]
     if args.type == "-":
         if args.fields or args.json_obj is not None:
             err("'-' reads every event from stdin; give no KEY=VALUE or --json with it")
             return EXIT_USAGE
-        lines = []
-        for number, raw in enumerate(sys.stdin.buffer, start=1):
-            line = raw.rstrip(b"\r\n")
-            if line.strip():
-                lines.append((f"stdin line {number}: ", line))
+        lines = _stdin_lines()
     elif args.json_obj is not None:
         if args.type is not None:
             err("give either TYPE KEY=VALUE... or --json OBJ, not both")
@@ -103,7 +111,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
                 assert ack is not None  # reconnect=False never buffers
                 if not args.quiet:
                     extra = f" id={ack.id}" if ack.id else ""
-                    print(f"accepted seq={ack.seq} delivered={ack.delivered}{extra}")
+                    # Flushed: a pipe reader sees each ack as it comes, not at exit.
+                    print(f"accepted seq={ack.seq} delivered={ack.delivered}{extra}", flush=True)
     except SourceError as exc:
         err(str(exc))
         return EXIT_FAILURE

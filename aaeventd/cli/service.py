@@ -1,4 +1,5 @@
-"""``aaeventd install-service``: the systemd user units, rendered for this installation.
+"""``aaeventd install-service`` / ``uninstall-service``: the systemd user units, rendered
+for this installation, and their removal.
 
 Owns the unit templates (``systemd/*.service|socket`` in the source tree are these
 templates rendered for ``/usr/bin/python3``; a test keeps them identical), writing
@@ -109,14 +110,18 @@ WantedBy=sockets.target
 """
 
 _WS_SOCKET = """\
-# Socket activation of aaeventd.service: the WebSocket/HTTP port, passed as the fd
-# named "websocket".  websocket.host/port in the config are then not used: change
-# the address here (systemctl --user edit aaeventd-ws.socket).
+# Socket activation of aaeventd.service: the WebSocket/HTTP port on both loopback
+# addresses (what websocket.host: localhost binds), passed as two fds named
+# "websocket".  websocket.host/port in the config are then not used: change the
+# addresses here (systemctl --user edit aaeventd-ws.socket).
 [Unit]
 Description=aaeventd WebSocket socket
 
 [Socket]
 ListenStream=127.0.0.1:9876
+ListenStream=[::1]:9876
+# The [::1] socket takes IPv6 only (127.0.0.1 has its own).
+BindIPv6Only=ipv6-only
 FileDescriptorName=websocket
 Service=aaeventd.service
 
@@ -242,6 +247,80 @@ def install_service(
     return EXIT_OK
 
 
+def uninstall_service(
+    *, dry_run: bool, unit_dir: Path | None = None, out: TextIO, err: TextIO | None = None
+) -> int:
+    """Undo :func:`install_service`; the exit code for the CLI.
+
+    Runs ``systemctl --user disable --now`` on the units ``install-service`` wrote that
+    are in ``unit_dir`` (a failure there is reported, not fatal: no user manager may be
+    running), removes their files, then ``systemctl --user daemon-reload``.  Nothing
+    else is touched: the config, the token and the journal stay.  ``dry_run`` prints
+    what would be run and removed.
+
+    Returns:
+        0 done (also when nothing was installed), 1 a file could not be removed.
+    """
+    err = sys.stderr if err is None else err
+    target = default_unit_dir() if unit_dir is None else unit_dir
+    # Sockets first: stopping the service alone would let them start it again.
+    names = [n for n in (*SOCKET_UNITS, SERVICE_UNIT) if os.path.lexists(target / n)]
+    if not names:
+        print(f"nothing to remove: no aaeventd units in {target}", file=out)
+        return EXIT_OK
+    disable = ["--user", "disable", "--now", *names]
+    if dry_run:
+        print(f"Would run: systemctl {' '.join(disable)}", file=out)
+        for name in names:
+            print(f"Would remove {target / name}", file=out)
+        print("Would run: systemctl --user daemon-reload", file=out)
+        return EXIT_OK
+    _systemctl(disable, out, err)
+    status = EXIT_OK
+    for name in names:
+        try:
+            (target / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            print(f"aaeventd: cannot remove {target / name}: {exc}", file=err)
+            status = EXIT_FAILURE
+        else:
+            print(f"removed {target / name}", file=out)
+    _daemon_reload(out, err)
+    print("The config, the token file and the journal are left where they are.", file=out)
+    return status
+
+
+def _systemctl(args: list[str], out: TextIO, err: TextIO) -> bool:
+    """Run ``systemctl ARGS``; say what happened; True when it succeeded."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        print(
+            f"aaeventd: systemctl not found; run `systemctl {' '.join(args)}` "
+            "where the user manager runs",
+            file=err,
+        )
+        return False
+    try:
+        done = subprocess.run(
+            [systemctl, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    else:
+        if done.returncode == 0:
+            print(f"ran systemctl {' '.join(args)}", file=out)
+            return True
+        problem = done.stderr.strip() or f"exit code {done.returncode}"
+    print(
+        f"aaeventd: warning: systemctl {' '.join(args)} failed ({problem}); "
+        "is a user manager running for this user? Run it yourself once it is.",
+        file=err,
+    )
+    return False
+
+
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -257,34 +336,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _daemon_reload(out: TextIO, err: TextIO) -> None:
-    systemctl = shutil.which("systemctl")
-    if systemctl is None:
-        print(
-            "aaeventd: systemctl not found; run `systemctl --user daemon-reload` "
-            "where the user manager runs",
-            file=err,
-        )
-        return
-    try:
-        done = subprocess.run(
-            [systemctl, "--user", "daemon-reload"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        problem = str(exc)
-    else:
-        if done.returncode == 0:
-            print("ran systemctl --user daemon-reload", file=out)
-            return
-        problem = done.stderr.strip() or f"exit code {done.returncode}"
-    print(
-        f"aaeventd: warning: systemctl --user daemon-reload failed ({problem}); "
-        "is a user manager running for this user? Run it yourself once it is.",
-        file=err,
-    )
+    _systemctl(["--user", "daemon-reload"], out, err)
 
 
 def _print_next_steps(out: TextIO, target: Path, units: dict[str, str], *, default: bool) -> None:
@@ -314,3 +366,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         out=sys.stdout,
         err=sys.stderr,
     )
+
+
+def cmd_uninstall_service(args: argparse.Namespace) -> int:
+    return uninstall_service(dry_run=args.dry_run, out=sys.stdout, err=sys.stderr)

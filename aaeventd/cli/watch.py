@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from aaeventd.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CommandFailed,
@@ -244,7 +245,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         # Not a terminal (a pipe, a file): --live falls back to one line per event.
         return _follow(config, args, _PlainSink(out, as_json=args.json))
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
     finally:
         with contextlib.suppress(OSError, ValueError):  # stdout closed under us
             out.flush()

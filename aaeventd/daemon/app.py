@@ -38,6 +38,7 @@ from aaeventd.config import (
 )
 from aaeventd.daemon.handshakes import (
     AcceptExhaustion,
+    ExceptionHandler,
     HandshakeGuard,
     HandshakeSettings,
     raise_fd_limit,
@@ -48,7 +49,7 @@ from aaeventd.daemon.journal import Journal, fsync_fds, new_epoch
 from aaeventd.daemon.logsetup import configure_logging, log_batch, redact, redact_set
 from aaeventd.daemon.notify import Notifier, listen_fds
 from aaeventd.daemon.replay import backfill as journal_backfill
-from aaeventd.daemon.replay import gap_frame
+from aaeventd.daemon.replay import gap_frame, skill_history
 from aaeventd.daemon.views import DaemonViews
 from aaeventd.daemon.web import AccessSettings, HttpFront
 from aaeventd.daemon.wsserver import (
@@ -105,8 +106,30 @@ class _Held:
     size: int = 0  # the bytes of the batch's frames
 
 
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """What :meth:`Daemon.start` bound: where sources and clients reach the daemon."""
+
+    socket_path: Path
+    #: every address clients can connect to, as ``(host, port)``, IPv4 first
+    addresses: tuple[tuple[str, int], ...]
+    port: int  # the same on every address
+    epoch: str
+    seq: int  # the journal resumes after it
+
+    @property
+    def url(self) -> str:
+        """The clients' URL on the first address (``ws://127.0.0.1:PORT/``)."""
+        host, port = self.addresses[0]
+        return f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
+
+
 class Daemon:
-    """One running aaeventd.  ``await run()`` until :meth:`request_stop`."""
+    """One running aaeventd.  ``await run()`` until :meth:`request_stop`; or
+    ``await start()`` (what it bound) then ``await serve()``."""
+
+    # Built by start() (_open_journal), once the journal has said where seq and epoch resume.
+    hub: Hub
 
     def __init__(
         self,
@@ -118,7 +141,6 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.env: dict[str, str] = dict(os.environ if env is None else env)
-        self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.counters = Counters()
         self.socket_path: Path | None = None
@@ -146,7 +168,10 @@ class Daemon:
         self._status_text = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.notifier = Notifier(self.env)
-        self.hub = Hub(epoch="", limits=_hub_limits(config))
+        self.listening: Listening | None = None  # what start() bound
+        # Installed as the loop's exception handler while the daemon runs (start()).
+        self.accept_exhaustion = AcceptExhaustion(None)
+        self._previous_handler: ExceptionHandler | None = None
         self.ingest = IngestServer(_ingest_settings(config), self)
         self.access = AccessSettings()
         self._apply_access(config)
@@ -182,51 +207,60 @@ class Daemon:
         Raises:
             StartupError: a socket or the journal cannot be set up.
         """
+        await self.start(install_signals=install_signals)
+        await self.serve()
+
+    async def start(self, *, install_signals: bool = False) -> Listening:
+        """Open the journal, build the hub, bind every socket and say ready; what it bound.
+
+        Ready means the ``ready`` log line, ``READY=1`` to systemd, and connections
+        accepted (their handling runs as the loop turns).  Then :meth:`serve` runs the
+        background tasks until :meth:`request_stop`.  On failure everything opened is
+        closed again before the error is raised.
+
+        Raises:
+            StartupError: a socket or the journal cannot be set up.
+        """
         self._loop = loop = asyncio.get_running_loop()
         # Out of descriptors in accept(): one line a minute, not a traceback per try.
-        previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(AcceptExhaustion(previous_handler))
-        cfg = self.config
-        self._open_journal()
-        inherited = listen_fds(self.env)
+        self.accept_exhaustion.previous = self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self.accept_exhaustion)
         try:
-            self.socket_path = resolve_socket_path(cfg, self.env)
-            await self.ingest.start(path=self.socket_path, sock=inherited.pop("events", None))
-            if self.ingest.path is not None:
-                self.socket_path = self.ingest.path
-            ws_sock = inherited.pop("websocket", None)
-            try:
-                await self.ws.start(
-                    host=cfg.websocket.host,
-                    port=cfg.websocket.port,
-                    sock=ws_sock,
-                    handshakes=self.handshakes,
-                )
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on {cfg.websocket.host}:{cfg.websocket.port}: "
-                    f"{exc.strerror or exc}"
-                ) from exc
-            self.access.set_port(self.ws.port)
-            if cfg.websocket.port == 0 and not log.isEnabledFor(logging.INFO):
-                # §7: with port 0 the real port is logged, whatever the level.
-                log.warning("listening for clients on port %d (port 0 configured)", self.ws.port)
-            for name, sock in inherited.items():
-                log.warning("ignoring inherited socket %r (expected events, websocket)", name)
-                sock.close()
-            if install_signals:
-                self._install_signals()
-            log.info(
-                "aaeventd %s ready: sources on %s, clients on ws://%s:%d/ (epoch %s, seq %d)",
-                __version__,
-                self.socket_path,
-                cfg.websocket.host,
-                self.ws.port,
-                self.hub.epoch,
-                self.hub.last_seq,
-            )
-            self._notify_ready()
-            self.ready.set()
+            self._open_journal()
+        except BaseException:
+            loop.set_exception_handler(self._previous_handler)
+            raise
+        try:
+            await self._listen()
+        except BaseException:
+            await self._shutdown()
+            raise
+        if install_signals:
+            self._install_signals()
+        assert self.socket_path is not None
+        listening = self.listening = Listening(
+            socket_path=self.socket_path,
+            addresses=tuple(self.ws.bound),
+            port=self.ws.port,
+            epoch=self.hub.epoch,
+            seq=self.hub.last_seq,
+        )
+        log.info(
+            "aaeventd %s ready: sources on %s, clients on ws://%s:%d/ (epoch %s, seq %d)",
+            __version__,
+            listening.socket_path,
+            self.config.websocket.host,
+            listening.port,
+            listening.epoch,
+            listening.seq,
+        )
+        self._notify_ready()
+        return listening
+
+    async def serve(self) -> None:
+        """After :meth:`start`: run the background tasks until :meth:`request_stop`,
+        then shut down cleanly."""
+        try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._deadlines())
                 tasks.create_task(self._housekeeping())
@@ -238,12 +272,49 @@ class Daemon:
             pass
         finally:
             await self._shutdown()
-            loop.set_exception_handler(previous_handler)
+
+    async def _listen(self) -> None:
+        """Bind the sources' socket and the clients' addresses (or adopt systemd's)."""
+        cfg = self.config
+        inherited = listen_fds(self.env)
+        events = inherited.pop("events", [])
+        for sock in events[1:]:
+            log.warning("ignoring a second inherited events socket (fd %d)", sock.fileno())
+            sock.close()
+        path = resolve_socket_path(cfg, self.env)
+        self.socket_path = path
+        await self.ingest.start(path=path, sock=events[0] if events else None)
+        if self.ingest.path is not None:
+            self.socket_path = self.ingest.path
+        try:
+            await self.ws.start(
+                host=cfg.websocket.host,
+                port=cfg.websocket.port,
+                socks=inherited.pop("websocket", []),
+                handshakes=self.handshakes,
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {cfg.websocket.host}:{cfg.websocket.port}: {exc.strerror or exc}"
+            ) from exc
+        self.access.set_port(self.ws.port)
+        if cfg.websocket.port == 0 and not log.isEnabledFor(logging.INFO):
+            # §7: with port 0 the real port is logged, whatever the level.
+            log.warning("listening for clients on port %d (port 0 configured)", self.ws.port)
+        for name, socks in inherited.items():
+            for sock in socks:
+                log.warning("ignoring inherited socket %r (expected events, websocket)", name)
+                sock.close()
 
     def _open_journal(self) -> None:
+        """Open the journal and build the hub where it says seq and epoch resume.
+
+        The one place the hub is built (no journal: a new epoch from seq 0).
+        """
+        limits = _hub_limits(self.config)
         cfg = self.config.journal
         if not cfg.enabled:
-            self.hub.epoch = new_epoch()
+            self.hub = Hub(epoch=new_epoch(), limits=limits)
             return
         directory = resolve_journal_dir(self.config, self.env)
         self.journal = Journal(
@@ -257,10 +328,15 @@ class Daemon:
             state = self.journal.open()
         except OSError as exc:
             raise StartupError(f"cannot open the journal in {directory}: {exc}") from exc
-        self.hub = Hub(epoch=state.epoch, last_seq=state.last_seq, limits=self.hub.limits)
+        self.hub = Hub(epoch=state.epoch, last_seq=state.last_seq, limits=limits)
         log.info(
             "journal %s: epoch %s, resuming after seq %d", directory, state.epoch, state.last_seq
         )
+        # §2.1: the skills still running when the daemon stopped, from the journal.
+        wall = time.time()
+        rebuilt = self.hub.rebuild_skills(skill_history(self.journal, wall), wall, self._now())
+        if rebuilt:
+            log.info("running skills rebuilt from the journal: %d", rebuilt)
 
     async def _shutdown(self) -> None:
         log.info("stopping")
@@ -283,6 +359,8 @@ class Daemon:
         if self._fsync_pool is not None:
             self._fsync_pool.shutdown(wait=False)
         self.notifier.close()
+        if self._loop is not None:
+            self._loop.set_exception_handler(self._previous_handler)
         self.stopped.set()
         log.info("stopped after %d events", self.counters.events_in)
 
@@ -399,7 +477,7 @@ class Daemon:
     def apply_config(self, new: Config) -> None:
         """Apply live-reloadable settings (everything but sockets)."""
         self.config = new
-        configure_logging(new.logging.level, new.logging.format)
+        configure_logging(new.logging.level, new.logging.format, target=new.logging.target)
         self._redact = redact_set(new.logging.redact_fields)
         self.hub.set_limits(_hub_limits(new))
         fresh = _ingest_settings(new)
@@ -883,7 +961,7 @@ def _ingest_settings(cfg: Config) -> IngestSettings:
 
 async def serve(config: Config, *, config_path: str | None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
-    configure_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging.level, config.logging.format, target=config.logging.target)
     raise_fd_limit()  # PROTOCOL §2.4: every client and pending handshake is a descriptor
     daemon = Daemon(config, config_path=config_path)
     try:

@@ -23,8 +23,9 @@ import itertools
 import json
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aaeventd import SERVER_NAME, __version__
@@ -134,6 +135,19 @@ class ToSource:
 
 
 Effect = Broadcast | ToSource
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """The Unix time of an event's ``timestamp`` (RFC 3339; no offset: UTC), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def cut_text(value: Any, limit: int) -> Any:
@@ -540,6 +554,27 @@ class Hub:
         stale = [k for k, s in self._skills.items() if now - s.last_event > SKILL_IDLE_SECONDS]
         for key in stale:
             del self._skills[key]
+
+    def rebuild_skills(self, events: Iterable[dict[str, Any]], now_wall: float, now: float) -> int:
+        """Rebuild the running skills from journaled events, oldest first (§2.1, at start).
+
+        The live rules (:meth:`_track`) applied to each event as though it arrived at
+        its ``timestamp`` (one that cannot be read takes the previous event's, the
+        first such ``now_wall``), then the skills idle for an hour at ``now_wall``
+        dropped.  ``now`` is the monotonic clock that ``now_wall`` corresponds to: the
+        rebuilt skills go on ageing with the live ones.  Returns how many are running.
+        """
+        wall = now_wall
+        for event in events:
+            event_type = event.get("type")
+            if not isinstance(event_type, str):
+                continue
+            stamped_at = parse_timestamp(event.get("timestamp"))
+            if stamped_at is not None:
+                wall = stamped_at
+            self._track(event_type, event, wall, now - (now_wall - wall))
+        self._drop_idle_skills(now)
+        return len(self._skills)
 
     # -- confirmations (§3) ----------------------------------------------------------
 

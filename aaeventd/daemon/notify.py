@@ -163,18 +163,20 @@ class Notifier:
         return self.send("STOPPING=1")
 
 
-def listen_fds(env: MutableMapping[str, str] | None = None) -> dict[str, socket.socket]:
+def listen_fds(env: MutableMapping[str, str] | None = None) -> dict[str, list[socket.socket]]:
     """Sockets passed by systemd socket activation, by ``LISTEN_FDNAMES`` name.
 
-    Only when ``LISTEN_PID`` is our pid; the three variables are then removed from
-    the environment so children do not inherit them, and the fds are made
-    non-inheritable.  Unnamed fds are called ``unknown``, ``unknown2``...
+    A name may come several times (``aaeventd-ws.socket`` passes 127.0.0.1 and ::1 as
+    two ``websocket`` fds): each name maps to its sockets, in fd order.  Only when
+    ``LISTEN_PID`` is our pid; the three variables are then removed from the
+    environment so children do not inherit them, and the fds are made
+    non-inheritable.  Unnamed fds are called ``unknown``.
 
     Args:
         env: the environment to read and clean; ``None`` means :data:`os.environ`.
     """
     env = os.environ if env is None else env
-    found: dict[str, socket.socket] = {}
+    found: dict[str, list[socket.socket]] = {}
     if env.get("LISTEN_PID") == str(os.getpid()):
         count_text = env.get("LISTEN_FDS", "0")
         count = int(count_text) if count_text.isdigit() else 0
@@ -183,11 +185,7 @@ def listen_fds(env: MutableMapping[str, str] | None = None) -> dict[str, socket.
             fd = SD_LISTEN_FDS_START + i
             os.set_inheritable(fd, False)
             name = names[i] if i < len(names) and names[i] else "unknown"
-            key, n = name, 1
-            while key in found:
-                n += 1
-                key = f"{name}{n}"
-            found[key] = socket.socket(fileno=fd)
+            found.setdefault(name, []).append(socket.socket(fileno=fd))
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         env.pop(var, None)
     return found

@@ -1,31 +1,84 @@
 """Read-only views of a running daemon: ``/healthz``, ``/clients`` and ``/metrics``.
 
-Implements :class:`~aaeventd.daemon.web.StatusSource` over the daemon's components.  It
-reads counters and state and changes nothing; the HTTP layer formats nothing but the
-bytes it is given.
+Implements :class:`~aaeventd.daemon.web.StatusSource` over what :class:`DaemonState`
+declares (the seam: :class:`~aaeventd.daemon.app.Daemon` satisfies it, and this module
+never imports the app).  It reads counters and state and changes nothing; the HTTP
+layer formats nothing but the bytes it is given.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aaeventd import SERVER_NAME, __version__
-from aaeventd.daemon.handshakes import AcceptExhaustion
 from aaeventd.daemon.journal import JournalHealth
 from aaeventd.daemon.metrics import Metric, render_metrics
 from aaeventd.protocol.codec import rfc3339_utc
 
 if TYPE_CHECKING:
-    from aaeventd.daemon.app import Daemon
+    from aaeventd.daemon.handshakes import AcceptExhaustion, HandshakeGuard
+    from aaeventd.daemon.hub import Hub
+    from aaeventd.daemon.ingest import IngestServer
+    from aaeventd.daemon.journal import Journal
+    from aaeventd.daemon.web import HttpFront
+    from aaeventd.daemon.wsserver import WsServer
+
+
+class DaemonCounters(Protocol):
+    """The daemon's own counters (beyond its components')."""
+
+    @property
+    def events_in(self) -> int: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    @property
+    def started_wall(self) -> float: ...
+
+
+class DaemonState(Protocol):
+    """What the views read of a running daemon: its components, read-only."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def ingest(self) -> IngestServer: ...
+
+    @property
+    def ws(self) -> WsServer: ...
+
+    @property
+    def front(self) -> HttpFront: ...
+
+    @property
+    def handshakes(self) -> HandshakeGuard: ...
+
+    @property
+    def accept_exhaustion(self) -> AcceptExhaustion:
+        """The loop exception handler counting accept() failures (installed while running)."""
+
+    @property
+    def journal(self) -> Journal | None: ...
+
+    @property
+    def socket_path(self) -> Path | None: ...
+
+    @property
+    def counters(self) -> DaemonCounters: ...
+
+    def now(self) -> float:
+        """The event loop's clock."""
 
 
 class DaemonViews:
     """What the HTTP endpoints show of ``daemon``."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonState) -> None:
         self._d = daemon
 
     def client_count(self) -> int:
@@ -45,6 +98,7 @@ class DaemonViews:
             "pending_confirmations": self._d.hub.pending_count,
             "running_skills": len(self._d.hub.running_skills(self._d.now())),
             "port": self._d.ws.port,
+            "addresses": self._d.ws.addresses,
             "socket_path": str(self._d.socket_path) if self._d.socket_path else None,
             "journal": journal,
             "last_error": self._d.counters.last_error,
@@ -103,7 +157,7 @@ class DaemonViews:
         hub, ingest, ws = self._d.hub, self._d.ingest, self._d.ws
         journal = self._d.journal.health if self._d.journal else JournalHealth()
         guard = self._d.handshakes
-        exhaustion = _accept_exhaustion()
+        exhaustion = self._d.accept_exhaustion
         return [
             Metric(
                 "events_in_total",
@@ -147,8 +201,7 @@ class DaemonViews:
                 "counter",
                 "HTTP requests refused 503 because the connection's owner could not be "
                 "determined (PROTOCOL 2.4; also in http_refusals_total).",
-                # HttpFront counts them in its log throttle, the one place it sees them.
-                value=self._d.front._owner_unknown_log.total,
+                value=self._d.front.owner_unknown_refusals,
             ),
             Metric(
                 "pending_handshakes",
@@ -175,7 +228,7 @@ class DaemonViews:
                 "counter",
                 "Failed accept() attempts for lack of descriptors or memory "
                 "(EMFILE, ENFILE, ENOBUFS, ENOMEM); asyncio retries once a second.",
-                value=exhaustion.throttle.total if exhaustion is not None else 0,
+                value=exhaustion.throttle.total,
             ),
             Metric(
                 "dropped_replies_total",
@@ -276,16 +329,6 @@ class DaemonViews:
                 value=round(time.time() - self._d.counters.started_wall, 3),
             ),
         ]
-
-
-def _accept_exhaustion() -> AcceptExhaustion | None:
-    """The running loop's handler for accept() running out of resources (Daemon.run
-    installs it for as long as it runs); ``None`` outside a loop or without it."""
-    try:
-        handler = asyncio.get_running_loop().get_exception_handler()
-    except RuntimeError:
-        return None
-    return handler if isinstance(handler, AcceptExhaustion) else None
 
 
 def _proc_exe(pid: int | None) -> str | None:

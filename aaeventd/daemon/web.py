@@ -137,6 +137,12 @@ class HttpFront:
         # An owner that cannot be determined (out of descriptors) comes in floods.
         self._owner_unknown_log = LogThrottle()
 
+    @property
+    def owner_unknown_refusals(self) -> int:
+        """Requests refused 503 because the connection's owner could not be determined
+        (also in :attr:`refused`); counted by the log throttle, the one place that sees them."""
+        return self._owner_unknown_log.total
+
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         settings = self.settings
         path = urlsplit(request.path).path

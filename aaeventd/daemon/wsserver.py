@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import re
@@ -380,52 +381,80 @@ class WsServer:
         self.max_message_bytes = max_message_bytes
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
-        self._server: Server | None = None
+        self._servers: list[Server] = []  # one per listening socket
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        for sock in self._server.sockets:
-            name = sock.getsockname()
-            if isinstance(name, tuple):
-                return int(name[1])
+        """The port clients connect to (the same on every address, §2)."""
+        for _, port in self.bound:
+            return port
         raise RuntimeError("the WebSocket server has no TCP socket")  # pragma: no cover
+
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        """Every address listened on, as ``(host, port)``, IPv4 first."""
+        found: list[tuple[str, int]] = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                if isinstance(name, tuple):
+                    found.append((str(name[0]), int(name[1])))
+        return sorted(found, key=lambda a: ":" in a[0])
+
+    @property
+    def addresses(self) -> list[str]:
+        """:attr:`bound` as ``host:port`` strings, IPv6 in brackets (``[::1]:9876``)."""
+        return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.bound]
 
     async def start(
         self,
         *,
         host: str | None = None,
         port: int | None = None,
-        sock: socket.socket | None = None,
+        socks: Sequence[socket.socket] = (),
         handshakes: HandshakeGuard | None = None,
     ) -> None:
-        """Listen; ``handshakes`` bounds the connections still in their opening handshake.
+        """Listen on ``socks`` (inherited) or on ``host``:``port``.
 
-        With a guard, it also owns the handshake timeout (live-reloadable), so
-        websockets' own ``open_timeout`` (same span: request, ``process_request``,
-        response) is off; without one, websockets' default applies.
+        ``localhost`` means both loopback addresses (:func:`bind_localhost`); any other
+        host is bound as given.  ``handshakes`` bounds the connections still in their
+        opening handshake.  With a guard, it also owns the handshake timeout
+        (live-reloadable), so websockets' own ``open_timeout`` (same span: request,
+        ``process_request``, response) is off; without one, websockets' default applies.
         """
-        kwargs: dict[str, Any] = (
-            {"sock": sock} if sock is not None else {"host": host, "port": port}
+        if not socks and host is not None and host.lower() == "localhost":
+            socks = bind_localhost(port or 0)
+        targets: list[dict[str, Any]] = (
+            [{"sock": sock} for sock in socks] if socks else [{"host": host, "port": port}]
         )
         connection = _bounded_connection(self.settings)
+        options: dict[str, Any] = {}
         if handshakes is not None:
             connection = handshakes.track(connection)
-            kwargs["open_timeout"] = None
-        self._server = await serve(
-            self._handler,
-            create_connection=connection,
-            process_request=self.front,
-            compression=None,  # frames are shared bytes: no per-client deflate
-            max_size=self.max_message_bytes,
-            ping_interval=self._ping_interval,
-            ping_timeout=self._ping_timeout,
-            close_timeout=self.settings.close_timeout,
-            max_queue=INCOMING_QUEUE,
-            server_header=None,
-            logger=websockets_logger(),
-            **kwargs,
-        )
+            options["open_timeout"] = None
+        try:
+            for target in targets:
+                server = await serve(
+                    self._handler,
+                    create_connection=connection,
+                    process_request=self.front,
+                    compression=None,  # frames are shared bytes: no per-client deflate
+                    max_size=self.max_message_bytes,
+                    ping_interval=self._ping_interval,
+                    ping_timeout=self._ping_timeout,
+                    close_timeout=self.settings.close_timeout,
+                    max_queue=INCOMING_QUEUE,
+                    server_header=None,
+                    logger=websockets_logger(),
+                    **options,
+                    **target,
+                )
+                self._servers.append(server)
+        except BaseException:
+            for target in targets:
+                if "sock" in target:
+                    target["sock"].close()
+            raise
 
     def set_max_message_bytes(self, limit: int) -> None:
         """Apply a reloaded ``websocket.max_message_bytes`` to every connection.
@@ -640,16 +669,18 @@ class WsServer:
         close frame; the connections of those that do not are then aborted (§5: the
         whole stop takes under 5 s, whatever clients do).
         """
-        server = self._server
-        if server is None:
+        servers = self._servers
+        if not servers:
             return
-        server.close(close_connections=True)
+        for server in servers:
+            server.close(close_connections=True)
+        waits = [server.wait_closed() for server in servers]
         try:
-            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(asyncio.gather(*waits), SHUTDOWN_GRACE)
             return
         except TimeoutError:
             pass
-        stuck = set(server.all_connections)
+        stuck = {conn for server in servers for conn in server.all_connections}
         stuck.update(s.conn for s in self.sessions.values())
         for conn in stuck:
             conn.transport.abort()
@@ -659,4 +690,50 @@ class WsServer:
             SHUTDOWN_GRACE,
         )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), SHUTDOWN_ABORT_WAIT)
+            waits = [server.wait_closed() for server in servers]
+            await asyncio.wait_for(asyncio.gather(*waits), SHUTDOWN_ABORT_WAIT)
+
+
+# Tries at finding a port free on both loopback addresses (port 0: the kernel picks it
+# for IPv4, and another process may hold it on ::1).
+LOCALHOST_PORT_TRIES = 8
+# ::1 cannot be bound because the host has no IPv6 loopback (or no IPv6 at all).
+_NO_IPV6 = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+def bind_localhost(port: int) -> list[socket.socket]:
+    """Bound (not yet listening) sockets for ``localhost``: 127.0.0.1 and ::1, one port.
+
+    Without an IPv6 loopback (``EADDRNOTAVAIL``, ``EAFNOSUPPORT``) IPv4 alone, with one
+    INFO line.  With ``port`` 0 the port IPv4 got is bound on ::1 too, retried with a new
+    one when ::1 has it taken; a fixed port taken on either address is an ``OSError``
+    (a client resolving localhost to ::1 must not reach another process).
+    """
+    for attempt in range(LOCALHOST_PORT_TRIES):
+        v4 = _bound(socket.AF_INET, "127.0.0.1", port)
+        try:
+            v6 = _bound(socket.AF_INET6, "::1", v4.getsockname()[1])
+        except OSError as exc:
+            if exc.errno in _NO_IPV6:
+                log.info("no IPv6 loopback (%s): listening on 127.0.0.1 only", exc.strerror)
+                return [v4]
+            v4.close()
+            if exc.errno == errno.EADDRINUSE and port == 0 and attempt + 1 < LOCALHOST_PORT_TRIES:
+                continue
+            raise
+        return [v4, v6]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bound(family: socket.AddressFamily, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

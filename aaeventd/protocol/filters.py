@@ -1,5 +1,10 @@
 """Client type filters: ``fnmatch`` globs over event types (PROTOCOL.md §2, §2.2).
 
+A glob that starts with ``!`` excludes: a type passes when it matches at least one plain
+glob (or there is none) and no ``!`` glob, so ``!step_*`` is everything but steps.  The
+web UI's filter box (``static/app.js``) follows the same rules
+(``tests/fixtures/type_filters.json``).
+
 A :class:`TypeFilter` is built from the ``types=`` query parameter or a ``subscribe``
 message and asked once per event per client, so it compiles its globs into one regex
 and remembers its answers per type.  Pure; no I/O.
@@ -23,23 +28,23 @@ class TypeFilter:
 
     Args:
         globs: ``fnmatch.fnmatchcase`` patterns (case-sensitive); a type matches when
-            any pattern does.  No pattern at all means every type.
+            any plain pattern does (or there is none) and no ``!`` pattern does.  No
+            pattern at all means every type; a bare ``!`` excludes nothing.
 
     Attributes:
         globs: the patterns, in the order given.
     """
 
-    __slots__ = ("_memo", "_regex", "globs")
+    __slots__ = ("_exclude", "_memo", "_regex", "globs")
 
     def __init__(self, globs: Iterable[str]) -> None:
         self.globs: tuple[str, ...] = tuple(globs)
         self._memo: dict[str, bool] = {}
-        self._regex: re.Pattern[str] | None
-        if not self.globs or "*" in self.globs:
-            self._regex = None  # match everything: no regex, no memo
-        else:
-            # fnmatch.translate() gives "(?s:...)\Z" per glob: exactly fnmatchcase.
-            self._regex = re.compile("|".join(fnmatch.translate(glob) for glob in self.globs))
+        include = [glob for glob in self.globs if not glob.startswith("!")]
+        exclude = [glob[1:] for glob in self.globs if glob.startswith("!") and len(glob) > 1]
+        # No plain glob, or "*" among them, lets every type in before the exclusions.
+        self._regex = None if not include or "*" in include else _compile(include)
+        self._exclude = _compile(exclude) if exclude else None
 
     @classmethod
     def from_query(cls, value: str | None) -> TypeFilter:
@@ -55,17 +60,19 @@ class TypeFilter:
     @property
     def matches_all(self) -> bool:
         """True when this filter lets every type through."""
-        return self._regex is None
+        return self._regex is None and self._exclude is None
 
     def matches(self, event_type: str) -> bool:
         """Return whether an event of ``event_type`` should reach this client."""
-        regex = self._regex
-        if regex is None:
+        regex, exclude = self._regex, self._exclude
+        if regex is None and exclude is None:
             return True
         memo = self._memo
         answer = memo.get(event_type)
         if answer is None:
-            answer = regex.match(event_type) is not None
+            answer = (regex is None or regex.match(event_type) is not None) and (
+                exclude is None or exclude.match(event_type) is None
+            )
             if len(memo) >= _MEMO_MAX:
                 memo.clear()
             memo[event_type] = answer
@@ -81,3 +88,8 @@ class TypeFilter:
 
     def __hash__(self) -> int:
         return hash(self.globs)
+
+
+def _compile(globs: list[str]) -> re.Pattern[str]:
+    # fnmatch.translate() gives "(?s:...)\Z" per glob: exactly fnmatchcase.
+    return re.compile("|".join(fnmatch.translate(glob) for glob in globs))

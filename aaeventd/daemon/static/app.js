@@ -91,7 +91,12 @@ function clock(ms) {
 }
 
 // -- type filter: comma/space separated fnmatch globs, "!glob" excludes --------------
+// The daemon's rules (aaeventd/protocol/filters.py, PROTOCOL §2): a type passes when it
+// matches a plain glob (or there is none) and no "!" glob; tests/fixtures/type_filters.json
+// holds the cases both must agree on.
 
+// Python's fnmatch.translate(): "[" with no closing "]" is literal, "[!…]" negates, a "]"
+// right after "[" or "[!" is a member, and a set the regex engine refuses matches nothing.
 function globToRegExp(glob) {
   let re = "";
   for (let i = 0; i < glob.length; i++) {
@@ -99,32 +104,45 @@ function globToRegExp(glob) {
     if (c === "*") re += ".*";
     else if (c === "?") re += ".";
     else if (c === "[") {
-      const end = glob.indexOf("]", i + 2);
+      let start = i + 1;
+      if (glob[start] === "!") start++;
+      if (glob[start] === "]") start++;
+      const end = glob.indexOf("]", start);
       if (end < 0) {
         re += "\\[";
         continue;
       }
-      let body = glob.slice(i + 1, end).replace(/\\/g, "\\\\");
+      // Backslashes are members in fnmatch; "]" can only be the first member here.
+      let body = glob
+        .slice(i + 1, end)
+        .replace(/\\/g, "\\\\")
+        .replace(/]/g, "\\]");
       if (body.startsWith("!")) body = "^" + body.slice(1);
+      else if (body.startsWith("^") || body.startsWith("[")) body = "\\" + body;
       re += `[${body}]`;
       i = end;
     } else re += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
   }
-  return new RegExp(`^${re}$`);
+  return new RegExp(`^(?:${re})$`, "s");
 }
+
+const NEVER = /(?!)/;
 
 function compileFilter(textValue) {
   const include = [];
   const exclude = [];
   for (const part of textValue.split(/[\s,]+/)) {
-    if (!part) continue;
+    if (!part || part === "!") continue;
+    const negated = part.startsWith("!");
+    let re;
     try {
-      if (part.startsWith("!")) {
-        if (part.length > 1) exclude.push(globToRegExp(part.slice(1)));
-      } else include.push(globToRegExp(part));
+      re = globToRegExp(negated ? part.slice(1) : part);
     } catch {
-      // A half-typed glob is not an error worth showing: it just matches nothing.
+      // A set the engine refuses (a reversed range such as "[z-a]") is no error worth
+      // showing: it matches nothing (an empty set in fnmatch), still as a plain glob.
+      re = NEVER;
     }
+    (negated ? exclude : include).push(re);
   }
   return (type) =>
     (include.length === 0 || include.some((re) => re.test(type))) &&
