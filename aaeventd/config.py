@@ -53,6 +53,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfirmationsConfig",
+    "DesktopConfig",
     "EventsConfig",
     "JournalConfig",
     "LoggingConfig",
@@ -241,6 +242,21 @@ class JournalConfig(BaseModel):
     keep_free_bytes: Annotated[int, Field(ge=0)] = 268_435_456
 
 
+class DesktopConfig(BaseModel):
+    """``desktop``: desktop notifications over the session D-Bus (PROTOCOL §3.6)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    #: ``auto``: on when a session bus is reachable; ``always``: a missing bus is a
+    #: WARNING and ``degraded``; ``never``: off.
+    notify: Literal["auto", "always", "never"] = "auto"
+    #: A confirmation some client was sent is shown after this long unanswered (one that
+    #: reached no client at once).
+    notify_after_seconds: Seconds = 10.0
+    #: Globs of other event types also shown (e.g. ``skill_failed``), one a second at most.
+    notify_types: _StrTuple = ()
+
+
 class LoggingConfig(BaseModel):
     """``logging``: stderr log lines (PROTOCOL §4)."""
 
@@ -278,6 +294,7 @@ class Config(BaseModel):
     confirmations: ConfirmationsConfig = Field(default_factory=ConfirmationsConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    desktop: DesktopConfig = Field(default_factory=DesktopConfig)
 
     @field_validator("*", mode="before")
     @classmethod

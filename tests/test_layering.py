@@ -87,6 +87,7 @@ DAEMON_LOGGERS = frozenset(
     {
         "aaeventd.app",
         "aaeventd.audit",
+        "aaeventd.desktop",
         "aaeventd.events",
         "aaeventd.handshakes",
         "aaeventd.ingest",

@@ -13,6 +13,7 @@ A real ``systemd --user`` manager is not started here: see docs/systemd.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import io
 import json
@@ -24,6 +25,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from tests.support import (
     TIMEOUT,
     Log,
     daemon_process,
+    event_lines,
     fake_systemctl,
     line_source,
     reap,
@@ -185,6 +188,82 @@ def test_service_unit_directives() -> None:
         assert key in service, key
     assert service["SystemCallErrorNumber"] == ["EPERM"]  # not SIGSYS
     assert unit["Install.WantedBy"] == ["default.target"]
+
+
+def analyze_security(tmp: Path, unit: Path, *, user: bool) -> float:
+    """The overall exposure ``systemd-analyze security --offline=true`` gives ``unit``."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: install the Debian package 'systemd'"
+    runtime = tmp / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_COLOR": "0"}
+    args = [analyze, *(["--user"] if user else []), "security", "--offline=true", str(unit)]
+    done = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) ", done.stdout)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert match, done.stdout[-500:]
+    return float(match.group(1))
+
+
+def test_security_exposure_is_the_one_docs_security_md_records() -> None:
+    """systemd-analyze security of the shipped unit gives docs/security.md's figures, for
+    the unit file whose md5 that page names."""
+    unit = SHIPPED / SERVICE_UNIT
+    page = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    recorded = re.search(r"unit file md5 `([0-9a-f]{32})`", page)
+    figures = re.findall(
+        r"security --offline=true systemd/aaeventd.service` \| \*\*(\d+\.\d+) ", page
+    )
+    assert recorded, "docs/security.md lost the md5 of the unit it measured"
+    assert len(figures) == 2, f"docs/security.md: {len(figures)} exposure figures, not 2"
+    md5 = hashlib.md5(unit.read_bytes()).hexdigest()
+    assert recorded.group(1) == md5, f"docs/security.md measured {recorded.group(1)}, unit is {md5}"
+    with short_tmpdir() as tmp:
+        measured = [analyze_security(tmp, unit, user=user) for user in (False, True)]
+    assert measured == [float(f) for f in figures], f"system, --user: {measured} vs {figures}"
+    assert max(measured) < 3.0, f"exposure {measured} is no longer OK (below 3.0)"
+
+
+def test_tasks_max_covers_the_daemons_threads() -> None:
+    """TasksMax= is above the thread bound on any machine (loop + default executor of at
+    most 32 + fsync) and above the peak of a daemon replaying its journal to 8 clients."""
+    unit = directives(render_units(python=sys.executable, socket_activated=False)[SERVICE_UNIT])
+    tasks_max = int(unit["Service.TasksMax"][0])
+    bound = 1 + min(32, (os.cpu_count() or 1) + 4) + 1
+    assert tasks_max > 1 + 32 + 1, f"TasksMax={tasks_max} leaves no headroom above 34 threads"
+    peak = 0
+    done = threading.Event()
+    with daemon_process(events={"replay_buffer": 10}) as d:
+        task_dir = f"/proc/{d.proc.pid}/task"
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.002):
+                peak = max(peak, len(os.listdir(task_dir)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            with line_source(d.socket_path) as source:
+                source.sock.sendall(event_lines(0, 3000, 100))
+                acks = [source.recv() for _ in range(3000)]
+            assert acks[-1]["type"] == "ack", acks[-1]
+            with contextlib.ExitStack() as stack:
+                clients = [
+                    stack.enter_context(ws_connect_sync(f"{d.url}?since=0", open_timeout=TIMEOUT))
+                    for _ in range(8)
+                ]
+                for ws in clients:
+                    last: dict[str, object] = {}
+                    while (last.get("type"), last.get("seq")) != ("bulk", acks[-1]["seq"]):
+                        last = json.loads(ws.recv(timeout=TIMEOUT))
+        finally:
+            done.set()
+            sampler.join(TIMEOUT)
+    assert 1 < peak <= bound, f"{peak} threads at the peak; the bound here is {bound}"
+    assert peak < tasks_max, f"{peak} threads at the peak, TasksMax={tasks_max}"
 
 
 def test_socket_units_name_their_fds_and_use_the_daemons_default_path() -> None:

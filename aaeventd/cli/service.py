@@ -33,6 +33,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _SERVICE = """\
 # aaeventd as a systemd *user* service (systemd >= 252), written by
 # `aaeventd install-service`; docs/systemd.md explains every line.
+# No Documentation=: the docs are docs/systemd.md of the source and `aaeventd --help`;
+# neither has a URL or an installed man page to point at (the man page is optional).
 # ExecStart execs Python itself: NotifyAccess=main accepts sd_notify only from it.
 [Unit]
 Description=aaeventd event hub (sources -> WebSocket clients)
@@ -52,6 +54,10 @@ TimeoutStopSec=10
 # under any misbehaviour fits under MemoryHigh; every theoretical maximum under MemoryMax.
 MemoryHigh=384M
 MemoryMax=512M
+# Threads: the event loop, asyncio's default executor (min(32, CPUs+4): replay reads,
+# the fsync once a second), the group commit's fsync thread; at most 34 on any machine,
+# 7 seen on a busy daemon with 2 CPUs (docs/systemd.md).
+TasksMax=64
 SyslogIdentifier=aaeventd
 # $RUNTIME_DIRECTORY holds events.sock; preserved so that aaeventd.socket's file
 # (%t/aaeventd/events.sock) survives a stop of the service.

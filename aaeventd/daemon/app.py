@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aaeventd import __version__
 from aaeventd.config import (
@@ -36,6 +37,8 @@ from aaeventd.config import (
     resolve_token_file,
     with_restart_keys_from,
 )
+from aaeventd.daemon.desktop import CLIENT_ID as DESKTOP_CLIENT
+from aaeventd.daemon.desktop import DesktopNotifications
 from aaeventd.daemon.handshakes import (
     AcceptExhaustion,
     ExceptionHandler,
@@ -43,7 +46,16 @@ from aaeventd.daemon.handshakes import (
     HandshakeSettings,
     raise_fd_limit,
 )
-from aaeventd.daemon.hub import Broadcast, Effect, Hub, HubLimits, SourceId, Stamped, ToSource
+from aaeventd.daemon.hub import (
+    Broadcast,
+    Effect,
+    Hub,
+    HubLimits,
+    Pending,
+    SourceId,
+    Stamped,
+    ToSource,
+)
 from aaeventd.daemon.ingest import IngestServer, IngestSettings, SourceConnection
 from aaeventd.daemon.journal import Journal, fsync_fds, new_epoch
 from aaeventd.daemon.logsetup import configure_logging, log_batch, redact, redact_set
@@ -176,6 +188,15 @@ class Daemon:
         self.access = AccessSettings()
         self._apply_access(config)
         self.front = HttpFront(self.access, DaemonViews(self))
+        # §3.6: connects in serve()'s task group, never before READY=1.
+        self.desktop = DesktopNotifications(
+            config.desktop,
+            self.env,
+            answer=self.desktop_answer,
+            remaining=self._remaining,
+            web_url=self._web_url,
+            clock=self._now,
+        )
         ws = config.websocket
         self.handshakes = HandshakeGuard(
             HandshakeSettings(ws.max_pending_handshakes, ws.handshake_timeout_seconds)
@@ -264,6 +285,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._deadlines())
                 tasks.create_task(self._housekeeping())
+                tasks.create_task(self.desktop.run())
                 if self.notifier.watchdog_interval:
                     tasks.create_task(self._watchdog(self.notifier.watchdog_interval))
                 await self._stop.wait()
@@ -354,6 +376,7 @@ class Daemon:
         # takes the longer of the two, not the sum (§5: < 5 s).
         await asyncio.gather(self.ingest.close(), self.ws.close())
         await self._drain_held(sync_deadline)  # what sources sent while closing
+        await self.desktop.close()  # withdraws what is shown (bounded)
         if self.journal is not None:
             self.journal.close()
         if self._fsync_pool is not None:
@@ -491,6 +514,7 @@ class Daemon:
         self.handshakes.settings.max_pending = new.websocket.max_pending_handshakes
         self.handshakes.settings.timeout = new.websocket.handshake_timeout_seconds
         self.handshakes.settings_changed()
+        self.desktop.reconfigure(new.desktop)
         if self.journal is not None:
             self.journal.max_file_bytes = new.journal.max_file_bytes
             self.journal.max_files = new.journal.max_files
@@ -582,6 +606,7 @@ class Daemon:
                 source = sources.get(item.source) if item.source is not None else None
                 if log_info:
                     self._log_event(item.stamped, source, count)
+                self.desktop.observe(item.stamped.type, item.stamped.event, count)
                 if item.ack_to is not None and source is not None:
                     ack: dict[str, Any] = {
                         "type": "ack",
@@ -901,16 +926,7 @@ class Daemon:
                 if self._held:  # perhaps lost to an answer still held: the error waits
                     self._hold_client(session)
                 raise
-            prompt = pending.info.get("prompt") if pending else None
-            audit_log.info(
-                "confirmation %s answered %r (remember=%s) by client %s (%s) for prompt %r",
-                message.id,
-                message.response,
-                message.remember,
-                session.id,
-                session.user_agent,
-                prompt,
-            )
+            self._audit_answer(message, session.id, session.user_agent, pending)
             self._execute(effects)
             if self._held:
                 self._hold_client(session)
@@ -921,6 +937,52 @@ class Daemon:
         else:  # pragma: no cover - the WebSocket side answers heartbeat and subscribe
             raise AssertionError(f"unexpected client message {message!r}")
         self._wakeup.set()
+
+    def _audit_answer(
+        self,
+        message: ConfirmationResponse,
+        client: str,
+        user_agent: str | None,
+        pending: Pending | None,
+    ) -> None:
+        prompt = pending.info.get("prompt") if pending else None
+        audit_log.info(
+            "confirmation %s answered %r (remember=%s) by client %s (%s) for prompt %r",
+            message.id,
+            message.response,
+            message.remember,
+            client,
+            user_agent,
+            prompt,
+        )
+
+    def desktop_answer(self, cid: str, response: str) -> bool:
+        """A click on a desktop notification (§3.6): an answer like a client's."""
+        message = ConfirmationResponse(id=cid, response=response, remember="none")
+        pending = next((p for p in self.hub.iter_pending() if p.id == cid), None)
+        try:
+            effects = self.hub.answer(
+                message, client=DESKTOP_CLIENT, user_agent=None, wall=time.time(), now=self._now()
+            )
+        except ProtocolError as exc:  # answered or expired meanwhile: first answer won
+            log.info("desktop answer to confirmation %s not applied: %s", cid, exc)
+            return False
+        self._audit_answer(message, DESKTOP_CLIENT, None, pending)
+        self._execute(effects)
+        self._wakeup.set()
+        return True
+
+    def _remaining(self, cid: str) -> float | None:
+        """Seconds left on a pending confirmation's countdown (None: not pending)."""
+        pending = next((p for p in self.hub.iter_pending() if p.id == cid), None)
+        return pending.remaining(self._now()) if pending is not None else None
+
+    def _web_url(self) -> str:
+        """The web UI's URL on the first bound address, with the token when one is set."""
+        host, port = self.listening.addresses[0] if self.listening else ("127.0.0.1", 0)
+        url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        token = self.access.token
+        return url + ("?" + urlencode({"token": token}) if token is not None else "")
 
     def client_closed(self, session: ClientSession) -> None:
         """Nothing to clean up in the hub: answers are not tied to a client."""

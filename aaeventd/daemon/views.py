@@ -19,6 +19,7 @@ from aaeventd.daemon.metrics import Metric, render_metrics
 from aaeventd.protocol.codec import rfc3339_utc
 
 if TYPE_CHECKING:
+    from aaeventd.daemon.desktop import DesktopNotifications
     from aaeventd.daemon.handshakes import AcceptExhaustion, HandshakeGuard
     from aaeventd.daemon.hub import Hub
     from aaeventd.daemon.ingest import IngestServer
@@ -71,6 +72,9 @@ class DaemonState(Protocol):
     @property
     def counters(self) -> DaemonCounters: ...
 
+    @property
+    def desktop(self) -> DesktopNotifications: ...
+
     def now(self) -> float:
         """The event loop's clock."""
 
@@ -86,8 +90,9 @@ class DaemonViews:
 
     def health(self) -> dict[str, Any]:
         journal = self.journal_health()
+        desktop = self._d.desktop
         return {
-            "status": "ok" if journal["ok"] else "degraded",
+            "status": "ok" if journal["ok"] and not desktop.degraded else "degraded",
             "server": SERVER_NAME,
             "version": __version__,
             "uptime_seconds": round(time.time() - self._d.counters.started_wall, 3),
@@ -101,6 +106,7 @@ class DaemonViews:
             "addresses": self._d.ws.addresses,
             "socket_path": str(self._d.socket_path) if self._d.socket_path else None,
             "journal": journal,
+            "desktop": desktop.health(),
             "last_error": self._d.counters.last_error,
         }
 
@@ -320,6 +326,30 @@ class DaemonViews:
                 "counter",
                 "Journal files removed to keep journal.keep_free_bytes free.",
                 value=journal.files_removed_for_space,
+            ),
+            Metric(
+                "desktop_active",
+                "gauge",
+                "1 while desktop notifications are on (PROTOCOL 3.6), else 0.",
+                value=int(self._d.desktop.active),
+            ),
+            Metric(
+                "desktop_notifications_total",
+                "counter",
+                "Desktop notifications shown.",
+                value=self._d.desktop.shown_total,
+            ),
+            Metric(
+                "desktop_answers_total",
+                "counter",
+                "Confirmations answered by a click on a desktop notification.",
+                value=self._d.desktop.clicks_total,
+            ),
+            Metric(
+                "desktop_notifications_dropped_total",
+                "counter",
+                "Events of desktop.notify_types not shown (more than one a second).",
+                value=self._d.desktop.plan.extras_dropped,
             ),
             Metric("seq", "gauge", "The last seq broadcast.", value=hub.last_seq),
             Metric(
