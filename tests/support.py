@@ -617,6 +617,15 @@ needs_root = pytest.mark.skipif(
 )
 
 
+def require(available: bool, what: str) -> None:
+    """Go on only if ``available``: off CI a missing tool skips, on CI it fails."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"AAEVENTD_CI=1: {what}")
+    pytest.skip(what)
+
+
 @functools.cache
 def other_user() -> tuple[int, int, str]:
     """``nobody``'s uid, gid, and a Python interpreter that user may run."""

@@ -29,13 +29,13 @@ from aaeventd.daemon.app import Daemon
 from aaeventd.daemon.desktop import DesktopPlan, session_bus_address
 from tests.support import (
     FACTOR,
-    IN_CI,
     TIMEOUT,
     Source,
     connected_client,
     http_get,
     make_config,
     recv_until,
+    require,
     run,
     running_daemon,
     samples,
@@ -134,10 +134,7 @@ class NotificationServer(ServiceInterface):
 @pytest.fixture
 def bus_address() -> Iterator[str]:
     """A private session bus (``dbus-daemon --session``), stopped after the test."""
-    if shutil.which("dbus-daemon") is None:
-        if IN_CI:
-            pytest.fail("AAEVENTD_CI=1: dbus-daemon is missing (Debian package dbus)")
-        pytest.skip("dbus-daemon not installed (Debian package dbus)")
+    require(shutil.which("dbus-daemon") is not None, "dbus-daemon is missing (Debian package dbus)")
     proc = subprocess.Popen(
         ["dbus-daemon", "--session", "--print-address", "--nofork"],
         stdout=subprocess.PIPE,

@@ -4,15 +4,12 @@ filter box (app.js, run in Node) and ``aaeventd watch --types`` against a real d
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 import time
 import types
 from pathlib import Path
-
-import pytest
 
 from aaeventd.protocol.filters import TypeFilter
 from tests.support import (
@@ -22,6 +19,7 @@ from tests.support import (
     aaeventd_cmd,
     daemon_process,
     reap,
+    require,
     short_tmpdir,
     subprocess_env,
 )
@@ -61,10 +59,8 @@ def test_exclusion_only_filter_is_not_match_all() -> None:
 def test_web_ui_filter_follows_the_fixture() -> None:
     """app.js's compileFilter (run in Node) answers every case the daemon does."""
     node = shutil.which("node")
-    if node is None:
-        if os.environ.get("AAEVENTD_CI") == "1":
-            pytest.fail("AAEVENTD_CI=1: node is needed to run app.js's filter")
-        pytest.skip("node is needed to run app.js's filter")
+    require(node is not None, "node is needed to run app.js's filter")
+    assert node is not None
     text = APP_JS.read_text(encoding="utf-8")
     parts = [
         re.search(r"^function globToRegExp\(.*?^\}$", text, re.M | re.S),
