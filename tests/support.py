@@ -863,3 +863,29 @@ def fake_systemctl(tmp: Path, monkeypatch: pytest.MonkeyPatch, rc: int) -> Itera
     script.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     yield calls
+
+
+def healthz_over(host: str, port: int) -> dict[str, Any]:
+    """``GET /healthz`` on ``host`` (an address; IPv6 may be in brackets), as a dict."""
+    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", "/healthz", headers={"Host": f"localhost:{port}"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200, (response.status, body)
+        assert isinstance(body, dict)
+        return body
+    finally:
+        conn.close()
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c code`` from the repository, output captured, with the deadline."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )

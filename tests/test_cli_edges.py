@@ -28,6 +28,7 @@ from tests.support import (
     fake_systemctl,
     reap,
     require,
+    run_python,
     short_tmpdir,
     subprocess_env,
     write_config,
@@ -109,14 +110,7 @@ def test_version_does_not_import_pydantic() -> None:
         "rc = main(['--version'])\n"
         f"print(rc, sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run_python(code)
     assert done.stdout == f"aaeventd {__version__}\n0 []\n", done.stdout + done.stderr
 
 

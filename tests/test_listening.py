@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import http.client
 import json
 import shutil
 import socket
 import subprocess
 import sys
-from typing import Any
 
 import pytest
 
@@ -27,25 +25,13 @@ from tests.support import (
     IS_ROOT,
     REPO,
     TIMEOUT,
+    healthz_over,
     make_config,
     needs_root,
     run,
     running_daemon,
     short_tmpdir,
 )
-
-
-def healthz(host: str, port: int) -> dict[str, Any]:
-    conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", "/healthz", headers={"Host": f"localhost:{port}"})
-        response = conn.getresponse()
-        body = json.loads(response.read())
-        assert response.status == 200, (response.status, body)
-        assert isinstance(body, dict)
-        return body
-    finally:
-        conn.close()
 
 
 async def connect_errno(host: str, port: int) -> int:
@@ -91,7 +77,7 @@ def test_start_returns_what_it_bound_and_healthz_agrees() -> None:
                 assert (listening.epoch, listening.seq) == (daemon.hub.epoch, 0)
                 assert listening.url == f"ws://127.0.0.1:{port}/"
                 for host in ("127.0.0.1", "::1"):
-                    health = await asyncio.to_thread(healthz, host, port)
+                    health = await asyncio.to_thread(healthz_over, host, port)
                     assert health["addresses"] == [f"127.0.0.1:{port}", f"[::1]:{port}"], host
                     assert (health["port"], health["socket_path"]) == (
                         port,
@@ -113,7 +99,7 @@ def test_any_other_address_binds_just_itself(host: str) -> None:
             async with running_daemon(make_config(tmp, websocket={"host": host})) as d:
                 assert d.listening is not None
                 port = d.listening.port
-                health = await asyncio.to_thread(healthz, host, port)
+                health = await asyncio.to_thread(healthz_over, host, port)
                 other = "::1" if host == "127.0.0.1" else "127.0.0.1"
                 return health["addresses"], await connect_errno(other, port)
 

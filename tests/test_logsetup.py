@@ -15,7 +15,6 @@ import re
 import socket
 import struct
 import subprocess
-import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.support import (
     TIMEOUT,
     StderrLines,
     aaeventd_cmd,
+    run_python,
     short_tmpdir,
     subprocess_env,
     write_config,
@@ -337,14 +337,7 @@ for i in range(n):
 assert not logsetup._our_handler().journal_failing
 print(spent / n * 1e6)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     micros = float(done.stdout)
     assert micros < 500, f"{micros:.1f} µs per event line"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from tests.support import (
     REPO,
     TIMEOUT,
     Source,
+    healthz_over,
     make_config,
     recv_json,
     run,
@@ -386,20 +386,6 @@ def test_extension_reconnect_restores_its_view_from_connected(node: str) -> None
         assert after["dialogs"]["new"]["timeout_seconds"] == 30
 
     run(body())
-
-
-def healthz_over(host: str, port: int) -> dict[str, Any]:
-    """``GET /healthz`` on ``host`` (an address, IPv6 in brackets)."""
-    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", "/healthz", headers={"Host": f"localhost:{port}"})
-        response = conn.getresponse()
-        body = json.loads(response.read())
-        assert response.status == 200, (response.status, body)
-        assert isinstance(body, dict)
-        return body
-    finally:
-        conn.close()
 
 
 def test_extension_connects_over_both_loopback_addresses_of_localhost(node: str) -> None:
