@@ -317,6 +317,7 @@ def subprocess_env(tmp: Path, **extra: str) -> dict[str, str]:
         XDG_RUNTIME_DIR=str(tmp / "run"),
         XDG_STATE_HOME=str(tmp / "state"),
         XDG_CONFIG_HOME=str(tmp / "cfg"),
+        XDG_DATA_HOME=str(tmp / "data"),
         PYTHONUNBUFFERED="1",
     )
     env.pop("NOTIFY_SOCKET", None)

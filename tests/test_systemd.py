@@ -2,7 +2,9 @@
 and the directories systemd hands over.
 
 ``systemd-analyze verify`` (Debian package ``systemd``) is a hard requirement: the
-unit files are checked by systemd's own parser, not by string matching alone.
+unit files are checked by systemd's own parser, not by string matching alone.  Verify
+also runs ``man aaeventd(1)`` for the unit's ``Documentation=``: the tests give it the
+rendered page through ``MANPATH`` (``man`` is Debian's ``man-db``).
 Socket activation is driven the way systemd does it: the test creates the listening
 sockets, a tiny launcher puts them on fds 3 and 4, sets ``LISTEN_PID`` (its own pid,
 kept across ``exec``), ``LISTEN_FDS`` and ``LISTEN_FDNAMES``, and execs the daemon.
@@ -32,9 +34,14 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect as ws_connect_sync
 
+from aaeventd import __version__
+from aaeventd.cli import build_parser
+from aaeventd.cli.manpage import render_manpage
 from aaeventd.cli.service import (
+    MAN_PAGE,
     SERVICE_UNIT,
     SOCKET_UNITS,
+    default_man_path,
     default_unit_dir,
     exec_path,
     install_service,
@@ -45,11 +52,13 @@ from tests.support import (
     REPO,
     TIMEOUT,
     Log,
+    aaeventd_cmd,
     daemon_process,
     event_lines,
     fake_systemctl,
     line_source,
     reap,
+    require,
     short_tmpdir,
     subprocess_env,
     write_config,
@@ -92,12 +101,28 @@ def directives(text: str) -> dict[str, list[str]]:
     return found
 
 
-def analyze_verify(tmp: Path, files: list[Path], *, user: bool) -> subprocess.CompletedProcess[str]:
+def analyze_verify(
+    tmp: Path, files: list[Path], *, user: bool, manpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze [--user] verify FILES``, with ``MANPATH`` set to ``manpath`` (the
+    man directory verify's ``man aaeventd(1)`` searches); ``None``: one holding the page
+    :func:`render_manpage` writes."""
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: install the Debian package 'systemd'"
+    require(shutil.which("man") is not None, "man is missing: install the Debian package 'man-db'")
     runtime = tmp / "xdg-runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_COLOR": "0"}
+    if manpath is None:
+        manpath = tmp / "man"
+        (manpath / "man1").mkdir(parents=True, exist_ok=True)
+        page = render_manpage(build_parser(), version=__version__)
+        (manpath / "man1" / MAN_PAGE).write_text(page, encoding="utf-8")
+    env = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(runtime),
+        "SYSTEMD_LOG_COLOR": "0",
+        "MANPATH": str(manpath),
+    }
     args = [analyze, *(["--user"] if user else []), "verify", *map(str, files)]
     return subprocess.run(
         args, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
@@ -151,6 +176,18 @@ def test_analyze_verify_would_catch_a_bad_unit() -> None:
         done = analyze_verify(tmp, write_units(tmp / "units", {SERVICE_UNIT: bad}), user=True)
         assert "notify-reload" in done.stderr
         assert "NoSuchKey" in done.stderr
+
+
+def test_analyze_verify_checks_the_documentation_man_page() -> None:
+    """Documentation=man:aaeventd(1) is checked: with no page on MANPATH, verify fails."""
+    with short_tmpdir() as tmp:
+        units = render_units(python=sys.executable, socket_activated=False)
+        assert directives(units[SERVICE_UNIT])["Unit.Documentation"] == ["man:aaeventd(1)"]
+        empty = tmp / "no-man"
+        (empty / "man1").mkdir(parents=True)
+        done = analyze_verify(tmp, write_units(tmp / "units", units), user=True, manpath=empty)
+        assert done.returncode != 0, done.stderr
+        assert "Command 'man aaeventd(1)' failed with code 16" in done.stderr
 
 
 def test_service_unit_directives() -> None:
@@ -324,11 +361,18 @@ def test_install_service_writes_units_and_reloads(monkeypatch: pytest.MonkeyPatc
     """Writes aaeventd.service for this python, runs daemon-reload, prints the next steps."""
     with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0) as calls:
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp / "cfg"))
+        monkeypatch.setenv("XDG_DATA_HOME", str(tmp / "data"))
         out, err = io.StringIO(), io.StringIO()
-        rc = install_service(socket_activated=False, dry_run=False, out=out, err=err)
+        rc = install_service(
+            socket_activated=False, dry_run=False, man_page=".TH X 1\n", out=out, err=err
+        )
         unit_dir = tmp / "cfg" / "systemd" / "user"
+        page = tmp / "data" / "man" / "man1" / "aaeventd.1"
         assert rc == 0
         assert default_unit_dir() == unit_dir
+        assert default_man_path() == page
+        assert page.read_text(encoding="utf-8") == ".TH X 1\n"
+        assert stat.S_IMODE(page.stat().st_mode) == 0o644
         assert sorted(p.name for p in unit_dir.iterdir()) == [SERVICE_UNIT]
         text = (unit_dir / SERVICE_UNIT).read_text(encoding="utf-8")
         assert text == render_units(python=sys.executable, socket_activated=False)[SERVICE_UNIT]
@@ -336,7 +380,7 @@ def test_install_service_writes_units_and_reloads(monkeypatch: pytest.MonkeyPatc
         assert stat.S_IMODE((unit_dir / SERVICE_UNIT).stat().st_mode) == 0o644
         assert calls.read_text(encoding="utf-8") == "--user daemon-reload\n"
         printed = out.getvalue()
-        assert f"wrote {unit_dir / SERVICE_UNIT}\n" in printed
+        assert f"wrote {unit_dir / SERVICE_UNIT}\nwrote {page}\n" in printed
         assert "ran systemctl --user daemon-reload\n" in printed
         assert "  systemctl --user enable --now aaeventd.service\n" in printed
         assert "systemctl --user link" not in printed
@@ -368,20 +412,29 @@ def test_install_service_socket_activated(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_install_service_dry_run_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--dry-run prints the units and the commands; writes no file, runs no systemctl."""
+    """--dry-run prints the units, the man page's path and the commands; writes no file,
+    runs no systemctl."""
     with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0) as calls:
         out, err = io.StringIO(), io.StringIO()
         unit_dir = tmp / "units"
+        page = tmp / "man" / "man1" / MAN_PAGE
         rc = install_service(
-            socket_activated=True, dry_run=True, unit_dir=unit_dir, out=out, err=err
+            socket_activated=True,
+            dry_run=True,
+            unit_dir=unit_dir,
+            man_page=".TH X 1\n",
+            man_path=page,
+            out=out,
+            err=err,
         )
         assert rc == 0
         assert not unit_dir.exists()
+        assert not (tmp / "man").exists()
         assert not calls.exists()
         printed = out.getvalue()
         for name, text in render_units(python=sys.executable, socket_activated=True).items():
             assert f"# {unit_dir / name} (dry run: not written)\n{text}" in printed
-        assert "Would run: systemctl --user daemon-reload\n" in printed
+        assert f"\nWould write {page}\nWould run: systemctl --user daemon-reload\n" in printed
         assert other_warnings(err) == []
 
 
@@ -454,6 +507,97 @@ def test_install_service_refuses_bad_interpreter_and_unwritable_dir() -> None:
         )
         assert rc == 1
         assert "cannot write the unit files" in err.getvalue()
+
+
+def test_install_service_man_page_failure_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A man page that cannot be written is said, not fatal: the units are what runs."""
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0):
+        (tmp / "file").write_text("", encoding="utf-8")
+        out, err = io.StringIO(), io.StringIO()
+        rc = install_service(
+            socket_activated=False,
+            dry_run=False,
+            unit_dir=tmp / "u",
+            man_page=".TH X 1\n",
+            man_path=tmp / "file" / "man1" / MAN_PAGE,
+            out=out,
+            err=err,
+        )
+        assert rc == 0
+        assert (tmp / "u" / SERVICE_UNIT).exists()
+        assert "warning: cannot write the man page: " in err.getvalue()
+        assert "ran systemctl --user daemon-reload\n" in out.getvalue()
+
+
+@pytest.mark.parametrize("data_home", ["xdg", "default"])
+def test_install_service_command_installs_the_man_page_the_unit_names(
+    data_home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real ``aaeventd install-service`` writes aaeventd(1) under $XDG_DATA_HOME (by
+    default ~/.local/share, which man finds when ~/.local/bin is on PATH); verify of the
+    unit it wrote finds that page; ``uninstall-service`` removes it."""
+    require(shutil.which("man") is not None, "man is missing: install the Debian package 'man-db'")
+    real_path = os.environ["PATH"]
+    with short_tmpdir() as tmp, fake_systemctl(tmp, monkeypatch, rc=0) as calls:
+        home = tmp / "home"
+        (home / ".local" / "bin").mkdir(parents=True)
+        env = subprocess_env(
+            tmp, HOME=str(home), PATH=f"{tmp / 'bin'}:{home / '.local' / 'bin'}:{real_path}"
+        )
+        env.pop("MANPATH", None)
+        if data_home == "xdg":
+            page = tmp / "data" / "man" / "man1" / MAN_PAGE
+        else:
+            env.pop("XDG_DATA_HOME")
+            page = home / ".local" / "share" / "man" / "man1" / MAN_PAGE
+
+        def aaeventd(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                aaeventd_cmd(*args),
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+
+        dry = aaeventd("install-service", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"\nWould write {page}\n" in dry.stdout
+        assert not page.exists()
+        done = aaeventd("install-service")
+        assert done.returncode == 0, done.stderr
+        assert f"wrote {page}\n" in done.stdout
+        assert page.read_text(encoding="utf-8") == render_manpage(
+            build_parser(), version=__version__
+        )
+        unit = tmp / "cfg" / "systemd" / "user" / SERVICE_UNIT
+        if data_home == "default":
+            found = subprocess.run(
+                ["man", "-w", "aaeventd"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+            assert (found.returncode, found.stdout) == (0, f"{page}\n"), found.stderr
+        # systemd-analyze and man from here on: the real PATH.
+        monkeypatch.setenv("PATH", real_path)
+        verified = analyze_verify(tmp, [unit], user=True, manpath=page.parent.parent)
+        assert (verified.returncode, verified.stderr) == (0, "")
+        calls.unlink()
+        dry = aaeventd("uninstall-service", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"Would remove {unit}\nWould remove {page}\n" in dry.stdout
+        assert page.exists()
+        assert not calls.exists()
+        done = aaeventd("uninstall-service")
+        assert done.returncode == 0, done.stderr
+        assert f"removed {page}\n" in done.stdout
+        assert not page.exists()
+        assert not unit.exists()
 
 
 # -- socket activation and systemd's directories (the daemon as a subprocess) -------------

@@ -8,11 +8,13 @@ configuration or usage, 130 Ctrl-C (quietly, in any command).  The command modul
 ``--help`` stay cheap.  This package is the only one that prints; it reaches the
 daemon only through :func:`aaeventd.daemon.app.serve` (imported by ``run`` alone), the
 libraries :mod:`aaeventd.client` and :mod:`aaeventd.subscriber`, and the public
-protocol (WebSocket, ``/healthz``, ``/clients``).  Here: the argparse tree, ``run``
-and ``check-config``; each other command is a module of its own (:mod:`.emit`,
-:mod:`.watch`, :mod:`.status` for ``status``/``clients``/``ui``, :mod:`.confirm`,
-:mod:`.service` for ``install-service`` and ``uninstall-service``), over
-:mod:`.common`.  What the text looks like is :mod:`aaeventd.cli.console`'s business.
+protocol (WebSocket, ``/healthz``, ``/clients``).  Here: the argparse tree, ``run``,
+``check-config``, and rendering the man page ``install-service`` writes; each other
+command is a module of its own (:mod:`.emit`, :mod:`.watch`, :mod:`.status` for
+``status``/``clients``/``ui``, :mod:`.confirm`, :mod:`.service` for
+``install-service`` and ``uninstall-service``), over :mod:`.common`; :mod:`.manpage`
+writes the man page from the argparse tree.  What the text looks like is
+:mod:`aaeventd.cli.console`'s business.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("status", "cmd_status"),
     "clients": ("status", "cmd_clients"),
     "ui": ("status", "cmd_ui"),
-    "install-service": ("service", "cmd_install_service"),
+    # Here: it renders the man page (cli/service.py imports no other aaeventd module).
+    "install-service": ("", "_cmd_install_service"),
     "uninstall-service": ("service", "cmd_uninstall_service"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -54,7 +57,7 @@ EXAMPLE_CONFIG = "example-config.yaml"
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; also what shell completion and the man page are made from
-    (``shtab aaeventd.cli.build_parser``, ``argparse-manpage --function build_parser``)."""
+    (``shtab aaeventd.cli.build_parser``, :func:`aaeventd.cli.manpage.render_manpage`)."""
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="aaeventd",
@@ -236,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write aaeventd.service (and with --socket-activated aaeventd.socket and\n"
             "aaeventd-ws.socket) to ~/.config/systemd/user/, with an ExecStart that runs\n"
-            "this Python interpreter, run 'systemctl --user daemon-reload' and print the\n"
-            "commands that enable it. --dry-run prints the units and changes nothing.\n"
-            "See docs/systemd.md."
+            "this Python interpreter, and the man page its Documentation= names to\n"
+            "~/.local/share/man/man1/aaeventd.1 ($XDG_DATA_HOME/man/man1), run\n"
+            "'systemctl --user daemon-reload' and print the commands that enable it.\n"
+            "--dry-run prints the units and changes nothing. See docs/systemd.md."
         ),
         epilog=(
             "examples:\n"
@@ -254,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also install the socket units (start the daemon on first connection)",
     )
     install.add_argument(
-        "--dry-run", action="store_true", help="print the units instead of writing them"
+        "--dry-run",
+        action="store_true",
+        help="print the units (and the man page's path) instead of writing them",
     )
 
     uninstall = sub.add_parser(
@@ -262,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop, disable and remove the units install-service wrote",
         description=(
             "Run 'systemctl --user disable --now' on the aaeventd units in\n"
-            "~/.config/systemd/user/ (the sockets first), remove their files and run\n"
-            "'systemctl --user daemon-reload'. The config, token and journal stay.\n"
+            "~/.config/systemd/user/ (the sockets first), remove their files and the man\n"
+            "page install-service wrote, and run 'systemctl --user daemon-reload'. The\n"
+            "config, token and journal stay.\n"
             "--dry-run prints what it would do and changes nothing."
         ),
         epilog="examples:\n  aaeventd uninstall-service --dry-run\n  aaeventd uninstall-service",
@@ -318,7 +325,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.code
 
 
-# -- run, check-config --------------------------------------------------------------
+# -- run, check-config, install-service ------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -353,3 +360,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     token = resolve_token_file(config)
     print(f"  token:     {token if token else 'none (loopback, Host/Origin checks only)'}")
     return EXIT_OK
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from aaeventd.cli.manpage import render_manpage
+    from aaeventd.cli.service import cmd_install_service
+
+    page = render_manpage(build_parser(), version=__version__)
+    return cmd_install_service(args, man_page=page)

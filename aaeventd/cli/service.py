@@ -1,12 +1,14 @@
 """``aaeventd install-service`` / ``uninstall-service``: the systemd user units, rendered
-for this installation, and their removal.
+for this installation, the man page their ``Documentation=`` names, and their removal.
 
 Owns the unit templates (``systemd/*.service|socket`` in the source tree are these
 templates rendered for ``/usr/bin/python3``; a test keeps them identical), writing
-them to the user unit directory, and ``systemctl --user daemon-reload``.  See
+them to the user unit directory, writing the man page text it is given to
+``$XDG_DATA_HOME/man/man1/aaeventd.1``, and ``systemctl --user daemon-reload``.  See
 docs/systemd.md for what each directive is for and what was checked on systemd 252.
 
-Must not touch: the daemon (no other aaeventd module is imported).  Messages go to
+Must not touch: the daemon (no other aaeventd module is imported: the CLI renders the
+man page with :mod:`aaeventd.cli.manpage` and passes the text in).  Messages go to
 the ``out``/``err`` streams it is given, so the CLI decides where they land.
 """
 
@@ -27,17 +29,19 @@ SERVICE_UNIT = "aaeventd.service"
 EVENTS_SOCKET_UNIT = "aaeventd.socket"
 WS_SOCKET_UNIT = "aaeventd-ws.socket"
 SOCKET_UNITS = (EVENTS_SOCKET_UNIT, WS_SOCKET_UNIT)
+# The page ``Documentation=man:aaeventd(1)`` names, under a man directory's man1/.
+MAN_PAGE = "aaeventd.1"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 _SERVICE = """\
 # aaeventd as a systemd *user* service (systemd >= 252), written by
 # `aaeventd install-service`; docs/systemd.md explains every line.
-# No Documentation=: the docs are docs/systemd.md of the source and `aaeventd --help`;
-# neither has a URL or an installed man page to point at (the man page is optional).
 # ExecStart execs Python itself: NotifyAccess=main accepts sd_notify only from it.
 [Unit]
 Description=aaeventd event hub (sources -> WebSocket clients)
+# install-service writes the page to ~/.local/share/man/man1/aaeventd.1.
+Documentation=man:aaeventd(1)
 
 [Service]
 # notify-reload needs systemd 253: on 252 ExecReload sends SIGHUP and waits for
@@ -179,29 +183,44 @@ def default_unit_dir(env: dict[str, str] | None = None) -> Path:
     return Path(config_home) / "systemd" / "user"
 
 
+def default_man_path(env: dict[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/man/man1/aaeventd.1`` (``~/.local/share/man/man1/aaeventd.1`` by
+    default: man-db searches ``~/.local/share/man`` when ``~/.local/bin`` is on ``PATH``)."""
+    env = dict(os.environ) if env is None else env
+    data_home = env.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(data_home):
+        data_home = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "man" / "man1" / MAN_PAGE
+
+
 def install_service(
     *,
     socket_activated: bool,
     dry_run: bool,
     unit_dir: Path | None = None,
     python: str = sys.executable,
+    man_page: str | None = None,
+    man_path: Path | None = None,
     out: TextIO,
     err: TextIO | None = None,
 ) -> int:
     """Write the user units for this installation; the exit code for the CLI.
 
     Writes ``aaeventd.service`` (and with ``socket_activated`` the two socket
-    units) whose ``ExecStart`` runs ``python -m aaeventd run``, runs
-    ``systemctl --user daemon-reload`` when ``systemctl`` is on ``PATH`` (a failure
-    there is reported, not fatal: the files are written), then prints the commands
-    that enable and start it.  ``dry_run`` prints the units instead and changes
-    nothing.
+    units) whose ``ExecStart`` runs ``python -m aaeventd run``, and ``man_page`` if
+    given (the unit's ``Documentation=man:aaeventd(1)``; a failure there is reported,
+    not fatal), runs ``systemctl --user daemon-reload`` when ``systemctl`` is on
+    ``PATH`` (a failure there is reported, not fatal: the files are written), then
+    prints the commands that enable and start it.  ``dry_run`` prints the units and
+    the man page's path instead and changes nothing.
 
     Args:
         socket_activated: install the socket units too (start on first connection).
         dry_run: print what would be written and run; touch nothing.
         unit_dir: where to write; ``None`` means :func:`default_unit_dir`.
         python: the interpreter for ``ExecStart`` (must be absolute and executable).
+        man_page: the text of aaeventd(1) to write; ``None`` writes no man page.
+        man_path: where to write it; ``None`` means :func:`default_man_path`.
         out: progress and the next commands.
         err: warnings and errors; ``None`` means :data:`sys.stderr`.
 
@@ -213,6 +232,7 @@ def install_service(
         print(f"aaeventd: {python!r} is not an absolute path to an executable", file=err)
         return EXIT_USAGE
     target = default_unit_dir() if unit_dir is None else unit_dir
+    page_path = default_man_path() if man_path is None else man_path
     try:
         units = render_units(python=python, socket_activated=socket_activated)
     except ValueError as exc:
@@ -230,6 +250,8 @@ def install_service(
             print(f"# {target / name} (dry run: not written)", file=out)
             out.write(text)
             print(file=out)
+        if man_page is not None:
+            print(f"Would write {page_path}", file=out)
         print("Would run: systemctl --user daemon-reload", file=out)
     else:
         try:
@@ -239,6 +261,17 @@ def install_service(
         except OSError as exc:
             print(f"aaeventd: cannot write the unit files: {exc}", file=err)
             return EXIT_FAILURE
+        if man_page is not None:
+            try:
+                _write_atomically(page_path, man_page)
+            except OSError as exc:
+                print(
+                    f"aaeventd: warning: cannot write the man page: {exc}; `man aaeventd` "
+                    "will not find it (the units are written)",
+                    file=err,
+                )
+            else:
+                print(f"wrote {page_path}", file=out)
         _daemon_reload(out, err)
     if not socket_activated:
         stale = [n for n in SOCKET_UNITS if (target / n).exists()]
@@ -254,15 +287,28 @@ def install_service(
 
 
 def uninstall_service(
-    *, dry_run: bool, unit_dir: Path | None = None, out: TextIO, err: TextIO | None = None
+    *,
+    dry_run: bool,
+    unit_dir: Path | None = None,
+    man_page: Path | None = None,
+    out: TextIO,
+    err: TextIO | None = None,
 ) -> int:
     """Undo :func:`install_service`; the exit code for the CLI.
 
     Runs ``systemctl --user disable --now`` on the units ``install-service`` wrote that
     are in ``unit_dir`` (a failure there is reported, not fatal: no user manager may be
-    running), removes their files, then ``systemctl --user daemon-reload``.  Nothing
-    else is touched: the config, the token and the journal stay.  ``dry_run`` prints
-    what would be run and removed.
+    running), removes their files and ``man_page`` if it exists, then ``systemctl
+    --user daemon-reload``.  Nothing else is touched: the config, the token and the
+    journal stay.  ``dry_run`` prints what would be run and removed.
+
+    Args:
+        dry_run: print what would be run and removed; touch nothing.
+        unit_dir: where the units are; ``None`` means :func:`default_unit_dir`.
+        man_page: the man page to remove too (the CLI passes
+            :func:`default_man_path`); ``None`` leaves man pages alone.
+        out: progress.
+        err: warnings and errors; ``None`` means :data:`sys.stderr`.
 
     Returns:
         0 done (also when nothing was installed), 1 a file could not be removed.
@@ -271,29 +317,36 @@ def uninstall_service(
     target = default_unit_dir() if unit_dir is None else unit_dir
     # Sockets first: stopping the service alone would let them start it again.
     names = [n for n in (*SOCKET_UNITS, SERVICE_UNIT) if os.path.lexists(target / n)]
-    if not names:
+    files = [target / n for n in names]
+    if man_page is not None and os.path.lexists(man_page):
+        files.append(man_page)
+    if not files:
         print(f"nothing to remove: no aaeventd units in {target}", file=out)
         return EXIT_OK
     disable = ["--user", "disable", "--now", *names]
     if dry_run:
-        print(f"Would run: systemctl {' '.join(disable)}", file=out)
-        for name in names:
-            print(f"Would remove {target / name}", file=out)
-        print("Would run: systemctl --user daemon-reload", file=out)
+        if names:
+            print(f"Would run: systemctl {' '.join(disable)}", file=out)
+        for path in files:
+            print(f"Would remove {path}", file=out)
+        if names:
+            print("Would run: systemctl --user daemon-reload", file=out)
         return EXIT_OK
-    _systemctl(disable, out, err)
+    if names:
+        _systemctl(disable, out, err)
     status = EXIT_OK
-    for name in names:
+    for path in files:
         try:
-            (target / name).unlink()
+            path.unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
-            print(f"aaeventd: cannot remove {target / name}: {exc}", file=err)
+            print(f"aaeventd: cannot remove {path}: {exc}", file=err)
             status = EXIT_FAILURE
         else:
-            print(f"removed {target / name}", file=out)
-    _daemon_reload(out, err)
+            print(f"removed {path}", file=out)
+    if names:
+        _daemon_reload(out, err)
     print("The config, the token file and the journal are left where they are.", file=out)
     return status
 
@@ -365,14 +418,18 @@ def _print_next_steps(out: TextIO, target: Path, units: dict[str, str], *, defau
     print('  loginctl enable-linger "$USER"   # keep it running when you are logged out', file=out)
 
 
-def cmd_install_service(args: argparse.Namespace) -> int:
+def cmd_install_service(args: argparse.Namespace, *, man_page: str | None = None) -> int:
+    """``install-service``; ``man_page`` is aaeventd(1) as the CLI rendered it."""
     return install_service(
         socket_activated=args.socket_activated,
         dry_run=args.dry_run,
+        man_page=man_page,
         out=sys.stdout,
         err=sys.stderr,
     )
 
 
 def cmd_uninstall_service(args: argparse.Namespace) -> int:
-    return uninstall_service(dry_run=args.dry_run, out=sys.stdout, err=sys.stderr)
+    return uninstall_service(
+        dry_run=args.dry_run, man_page=default_man_path(), out=sys.stdout, err=sys.stderr
+    )
