@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic_core import from_json
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from aaeventd.protocol.codec import (
     TYPE_NAME_RE,
+    _decode_object_strict,
     check_type,
     decode_client_message,
     decode_object,
     encode_json,
     rfc3339_utc,
+    splice_stamps,
     ws_text_frame,
 )
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
@@ -327,3 +331,150 @@ def test_nesting_past_max_depth_is_invalid_json() -> None:
         decode_object(nested(MAX_DEPTH + 1))
     assert info.value.code is ErrorCode.INVALID_JSON
     assert str(MAX_DEPTH) in info.value.message
+
+
+# -- the fast path: pydantic-core's parser, then the strict rules -------------------------
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.text(max_size=12),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4)
+    ),
+    max_leaves=25,
+)
+# Spellings json.dumps never writes, that strict JSON allows or refuses.
+_ODD_TOKENS = [
+    "1e400",
+    "-1e400",
+    "1E+308",
+    "9" * 320 + ".0",
+    "1" * 4300,
+    "1" * 4301,
+    "-0",
+    "0.0e0",
+    "01",
+    "1.",
+    ".5",
+    "NaN",
+    "-Infinity",
+    '"\\ud800"',
+    '"\\ud83d\\ude00"',
+    '"\\u0000"',
+    '"\t"',
+    "[" * 250 + "]" * 250,
+    "true",
+    "nul",
+    '"\\/"',
+    "1e-400",
+]
+
+
+def _strict(data: bytes) -> dict[str, Any] | ProtocolError:
+    try:
+        return _decode_object_strict(data)
+    except ProtocolError as exc:
+        return exc
+
+
+def _fast(data: bytes) -> dict[str, Any] | ProtocolError:
+    try:
+        return decode_object(data)
+    except ProtocolError as exc:
+        return exc
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with the same types and key order all the way down."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    body=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5),
+    odd=st.lists(st.sampled_from(_ODD_TOKENS), max_size=2),
+    pad=st.sampled_from(["", " ", "\t", "\r", " \r"]),
+    dup=st.booleans(),
+)
+def test_fast_decode_agrees_with_the_strict_reference(
+    body: dict[str, Any], odd: list[str], pad: str, dup: bool
+) -> None:
+    """decode_object (pydantic-core first) and the json-only reference accept the same
+    lines and give equal objects (types, key order), or refuse them with the same error."""
+    text = json.dumps({"type": "x", **body}, ensure_ascii=bool(dup))
+    inner = text[1:-1]
+    extra = "".join(f',"odd{i}":{tok}' for i, tok in enumerate(odd))
+    dupe = ',"type":"y"' if dup else ""
+    data = (pad + "{" + inner + extra + dupe + "}" + pad).encode("utf-8", "surrogatepass")
+    fast, strict = _fast(data), _strict(data)
+    if isinstance(strict, ProtocolError):
+        assert isinstance(fast, ProtocolError), (data[:200], fast)
+        assert (fast.code, fast.message) == (strict.code, strict.message)
+    else:
+        assert _same(fast, strict), (data[:200], fast, strict)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b'{"type":"x","v":1e400}', ErrorCode.INVALID_JSON),  # the parser gives inf
+        (b'{"type":"x","v":[{"w":-1e400}]}', ErrorCode.INVALID_JSON),
+        (b'{"type":"x","v":' + b"9" * 320 + b".0}", ErrorCode.INVALID_JSON),
+        (b'{"type":"x","v":NaN}', ErrorCode.INVALID_JSON),
+        (b'{"type":"x","v":"\\udfff"}', ErrorCode.INVALID_JSON),
+        (b'{"type":"x","v":"\xed\xa0\x80"}', ErrorCode.INVALID_UTF8),
+        (b'["type"]', ErrorCode.NOT_AN_OBJECT),
+        (b'{"type":"Bad"}', ErrorCode.INVALID_TYPE_NAME),
+    ],
+)
+def test_fast_decode_refuses_what_strict_json_refuses(data: bytes, code: ErrorCode) -> None:
+    assert code_of(data) is code
+
+
+def test_nesting_the_fast_parser_refuses_is_still_accepted() -> None:
+    """Depth 300 (past pydantic-core's 200, within MAX_DEPTH) decodes via the strict path."""
+    data = b'{"type":"x","v":' + b"[" * 299 + b"]" * 299 + b"}"
+    with pytest.raises(ValueError, match="recursion"):
+        from_json(data)
+    assert decode_object(data)["type"] == "x"
+
+
+# -- splicing the stamps into the source's line ------------------------------------------
+
+
+@pytest.mark.parametrize("pad", [b"", b" \t", b"\r"])
+@pytest.mark.parametrize("timestamp", [None, "2026-02-04T10:30:00.123Z"])
+@pytest.mark.parametrize("size", [10, 100, 124, 125, 126, 200, 65_530, 65_535, 65_536, 70_000])
+def test_splice_stamps_is_the_line_plus_the_fields(
+    size: int, timestamp: str | None, pad: bytes
+) -> None:
+    """The frame parses back (websockets) to the source's object, fields in the same
+    order and spelling, with seq (and timestamp) appended, at every header size."""
+    head = b'{"type":"x", "n" : 1.50, "s":"\\u00e9\xc3\xa9","v":"'
+    filler = max(0, size - len(head) - 2 - len(b',"seq":12345') - (38 if timestamp else 0))
+    line = pad + head + b"y" * filler + b'"}' + pad
+    frame, offset = splice_stamps(line, 12345, timestamp)
+    parsed = _parse_frame(frame)
+    assert parsed.opcode is Opcode.TEXT
+    assert parsed.fin
+    payload = bytes(parsed.data)
+    assert frame[offset:] == payload
+    assert payload.startswith(line.strip()[:-1]), "the source's bytes, as they were"
+    expected = json.loads(line) | {"seq": 12345}
+    if timestamp is not None:
+        expected["timestamp"] = timestamp
+    got = json.loads(payload)
+    assert got == expected, got
+    assert list(got) == list(expected), got
+    assert payload.endswith(
+        b',"seq":12345' + (b',"timestamp":"' + timestamp.encode() + b'"}' if timestamp else b"}")
+    )

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import (
@@ -671,3 +672,18 @@ def test_filter_agrees_with_fnmatchcase(globs: list[str], names: list[str]) -> N
             fnmatch.fnmatchcase(name, g) for g in excluded
         )
         assert type_filter.matches(name) is expected, (globs, name)
+
+
+def test_every_known_type_has_its_own_validator() -> None:
+    """validate_event picks the model by type: one per known type, the union's own."""
+    from aaeventd.protocol.events import _VALIDATORS, EVENT_ADAPTER, KNOWN_TYPES
+
+    assert set(_VALIDATORS) == set(KNOWN_TYPES)
+    bad = {"type": "step_started", "skill_name": "s", "step_name": "x", "step_index": -1}
+    with pytest.raises(ProtocolError) as info:
+        validate_event(bad)
+    assert info.value.details == [
+        {"loc": ["step_index"], "msg": "Input should be greater than or equal to 0"}
+    ], info.value.details
+    with pytest.raises(ValidationError):  # the union agrees
+        EVENT_ADAPTER.validate_python(bad)

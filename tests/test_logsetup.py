@@ -341,3 +341,73 @@ print(spent / n * 1e6)
     assert done.returncode == 0, done.stderr
     micros = float(done.stdout)
     assert micros < 500, f"{micros:.1f} µs per event line"
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_EVENT_ARGS: list[logsetup.EventArgs] = [
+    (7, "skill_failed", 4242, "start_work", "fetch", 1),
+    (8, "step_started", "-", "-", "-", 0),
+    (9, "x.y", 1, "ünï \\ code", "multi\\nline", 3),
+]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("on_journal_stream", [False, True])
+def test_event_writer_writes_what_the_logger_would(
+    monkeypatch: pytest.MonkeyPatch, stderr_text: io.StringIO, fmt: str, on_journal_stream: bool
+) -> None:
+    """The hot path's per-event lines (no LogRecord) are the logger's lines, byte for
+    byte but the millisecond of the timestamp, in every stderr format."""
+    monkeypatch.setenv("JOURNAL_STREAM", fd2_stream() if on_journal_stream else "1:1")
+    logsetup.configure_logging("INFO", fmt, stream=stderr_text, target="stderr")
+    writer = logsetup.event_writer()
+    assert writer is not None
+    writer(list(_EVENT_ARGS))
+    fast = stderr_text.getvalue()
+    stderr_text.seek(0)
+    stderr_text.truncate()
+    for args in _EVENT_ARGS:
+        logging.getLogger(logsetup.EVENTS_LOGGER).info(logsetup.EVENT_LINE, *args)
+    slow = stderr_text.getvalue()
+    assert len(fast.splitlines()) == len(_EVENT_ARGS), fast
+    assert _STAMP.sub("T", fast) == _STAMP.sub("T", slow), (fast, slow)
+    assert bool(_STAMP.search(fast)) is not on_journal_stream, fast
+
+
+def test_event_writer_sends_what_the_logger_would_to_the_journal(
+    journal: Journal, stderr_text: io.StringIO
+) -> None:
+    """To the journal: the same datagrams, fields and all."""
+    logsetup.configure_logging("INFO", "text", stream=stderr_text, target="journal")
+    writer = logsetup.event_writer()
+    assert writer is not None
+    writer(list(_EVENT_ARGS))
+    fast = [journal.entry() for _ in _EVENT_ARGS]
+    for args in _EVENT_ARGS:
+        logging.getLogger(logsetup.EVENTS_LOGGER).info(logsetup.EVENT_LINE, *args)
+    slow = [journal.entry() for _ in _EVENT_ARGS]
+    assert fast == slow, (fast, slow)
+    assert fast[0]["AAEVENTD_SEQ"] == "7", fast[0]
+    assert stderr_text.getvalue() == ""
+
+
+def test_event_writer_steps_aside_for_other_handlers_and_levels(
+    stderr_text: io.StringIO,
+) -> None:
+    """Another handler or filter on the way, or INFO off: no shortcut (the logger runs)."""
+    logsetup.configure_logging("INFO", "text", stream=stderr_text, target="stderr")
+    assert logsetup.event_writer() is not None
+    events = logging.getLogger(logsetup.EVENTS_LOGGER)
+    extra = logging.NullHandler()
+    events.addHandler(extra)
+    try:
+        assert logsetup.event_writer() is None
+    finally:
+        events.removeHandler(extra)
+    events.addFilter(lambda record: True)
+    try:
+        assert logsetup.event_writer() is None
+    finally:
+        events.filters.clear()
+    logsetup.configure_logging("WARNING", "text", stream=stderr_text, target="stderr")
+    assert logsetup.event_writer() is None

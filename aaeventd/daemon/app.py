@@ -58,7 +58,15 @@ from aaeventd.daemon.hub import (
 )
 from aaeventd.daemon.ingest import IngestServer, IngestSettings, SourceConnection
 from aaeventd.daemon.journal import Journal, fsync_fds, new_epoch
-from aaeventd.daemon.logsetup import configure_logging, log_batch, redact, redact_set
+from aaeventd.daemon.logsetup import (
+    EVENT_LINE,
+    EventArgs,
+    configure_logging,
+    event_writer,
+    log_batch,
+    redact,
+    redact_set,
+)
 from aaeventd.daemon.notify import Notifier, listen_fds
 from aaeventd.daemon.replay import backfill as journal_backfill
 from aaeventd.daemon.replay import gap_frame, skill_history
@@ -160,6 +168,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._batch: list[Broadcast] = []
+        self._flush_scheduled = False
         # The group commit (fsync: always): written batches, and replies queued behind
         # their acks, in order, until the fsync covering them returns; how many entries
         # each source has there; the fsync in flight (covering the entries queued when
@@ -375,6 +384,7 @@ class Daemon:
         # ingest.close sources that do not read their replies); together, so the stop
         # takes the longer of the two, not the sum (§5: < 5 s).
         await asyncio.gather(self.ingest.close(), self.ws.close())
+        self.flush()
         await self._drain_held(sync_deadline)  # what sources sent while closing
         await self.desktop.close()  # withdraws what is shown (bounded)
         if self.journal is not None:
@@ -576,6 +586,23 @@ class Daemon:
         ):
             source.close()
 
+    def flush_soon(self) -> None:
+        """Flush once at the end of this turn of the loop: the lines every source's
+        read brought in this turn become one batch, so each client gets one write per
+        turn, not one per source read (and the journal and the log one write each).
+
+        Nothing can see the batch half done meanwhile: a client that connects first
+        flushes it (:meth:`open_stream`), and every other path that hands events on
+        (answers, expiries, errors to a source, shutdown) calls :meth:`flush` first.
+        """
+        if not self._flush_scheduled and self._batch:
+            self._flush_scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
     def flush(self) -> None:
         """Journal the batch, log it, hand it to the clients, then ack the sources.
 
@@ -596,29 +623,44 @@ class Daemon:
             self._release(batch, unjournaled)
 
     def _release(self, batch: list[Broadcast], unjournaled: int | None) -> None:
-        """Log the journaled batch, hand it to the clients, then ack the sources."""
+        """Log the journaled batch, hand it to the clients, then ack the sources.
+
+        Per batch, not per event: one write per client (``fan_out``), one to the log
+        (:func:`~aaeventd.daemon.logsetup.event_writer`, no LogRecord per line when the
+        handler is ours alone) and one per acked source.
+        """
         stamped = [b.stamped for b in batch]
         delivered = self.ws.fan_out(stamped)
         sources = self.ingest.sources
         log_info = events_log.isEnabledFor(logging.INFO)
+        log_payloads = events_log.isEnabledFor(logging.DEBUG)
+        # At DEBUG each line is followed by its payload's: through the logger, in order.
+        write_events = event_writer() if log_info and not log_payloads else None
+        lines: list[EventArgs] = []
+        acks: dict[SourceId, list[bytes]] = {}
+        observe = self.desktop.observe
         with log_batch():
             for item, count in zip(batch, delivered, strict=True):
+                event = item.stamped
                 source = sources.get(item.source) if item.source is not None else None
                 if log_info:
-                    self._log_event(item.stamped, source, count)
-                self.desktop.observe(item.stamped.type, item.stamped.event, count)
+                    args = self._event_args(event, source, count)
+                    if write_events is not None:
+                        lines.append(args)
+                    else:
+                        events_log.info(EVENT_LINE, *args)
+                    if log_payloads:
+                        self._log_payload(event)
+                observe(event.type, event.event, count)
                 if item.ack_to is not None and source is not None:
-                    ack: dict[str, Any] = {
-                        "type": "ack",
-                        "seq": item.stamped.seq,
-                        "delivered": count,
-                    }
-                    if item.ack_extra:
-                        ack.update(item.ack_extra)
-                    if unjournaled is not None and item.stamped.seq >= unjournaled:
-                        ack["journaled"] = False
-                    # Not reply(): held replies wait behind this very ack.
-                    source.write_line(encode_json(ack))
+                    acks.setdefault(source.id, []).append(
+                        self._ack_line(item, count, unjournaled)
+                    )
+            if write_events is not None:
+                write_events(lines)
+        for sid, ack_lines in acks.items():
+            # Not reply(): held replies wait behind these very acks.
+            sources[sid].write_lines(ack_lines)
         self.counters.events_in += len(batch)
 
     # -- group commit (fsync: always) ----------------------------------------------
@@ -819,7 +861,24 @@ class Daemon:
         self.counters.last_error = f"journal: {self.journal.health.error}"
         return stamped[written].seq
 
-    def _log_event(self, stamped: Stamped, source: SourceConnection | None, delivered: int) -> None:
+    @staticmethod
+    def _ack_line(item: Broadcast, delivered: int, unjournaled: int | None) -> bytes:
+        """The ack of one event (§1.2), as its NDJSON text without the newline."""
+        seq = item.stamped.seq
+        journaled = unjournaled is None or seq < unjournaled
+        if not item.ack_extra and journaled:
+            return b'{"type":"ack","seq":%d,"delivered":%d}' % (seq, delivered)
+        ack: dict[str, Any] = {"type": "ack", "seq": seq, "delivered": delivered}
+        if item.ack_extra:
+            ack.update(item.ack_extra)
+        if not journaled:
+            ack["journaled"] = False
+        return encode_json(ack)
+
+    def _event_args(
+        self, stamped: Stamped, source: SourceConnection | None, delivered: int
+    ) -> EventArgs:
+        """The per-event INFO line's arguments (§4), redacted as configured."""
         event = stamped.event
         hidden = self._redact
         skill = event.get("skill_name", event.get("skill_id"))
@@ -829,8 +888,7 @@ class Daemon:
         if step is not None and "step_name" in hidden:
             step = "***"
         skill, step = _loggable(skill), _loggable(step)
-        events_log.info(
-            "event seq=%d type=%s pid=%s skill=%s step=%s delivered=%d",
+        return (
             stamped.seq,
             stamped.type,
             source.pid if source is not None else "-",
@@ -838,16 +896,19 @@ class Daemon:
             step if step is not None else "-",
             delivered,
         )
-        if events_log.isEnabledFor(logging.DEBUG):
-            try:
-                shown = json.dumps(redact(event, hidden), ensure_ascii=False)
-            except RecursionError:
-                shown = "<nested too deeply to show>"
-            events_log.debug("event seq=%d payload=%s", stamped.seq, shown)
+
+    def _log_payload(self, stamped: Stamped) -> None:
+        try:
+            shown = json.dumps(redact(stamped.event, self._redact), ensure_ascii=False)
+        except RecursionError:
+            shown = "<nested too deeply to show>"
+        events_log.debug("event seq=%d payload=%s", stamped.seq, shown)
 
     # -- EventSink (ingest) ------------------------------------------------------
 
-    def submit(self, source: SourceConnection, event: dict[str, Any], event_type: str) -> None:
+    def submit(
+        self, source: SourceConnection, event: dict[str, Any], event_type: str, raw: bytes
+    ) -> None:
         effects = self.hub.accept(
             event,
             event_type,
@@ -855,6 +916,7 @@ class Daemon:
             wants_ack=source.wants_ack,
             wall=time.time(),
             now=self._now(),
+            raw=raw,
         )
         self._batch.extend(e for e in effects if isinstance(e, Broadcast))
         if event_type == "confirmation_required":
@@ -874,6 +936,9 @@ class Daemon:
     def open_stream(
         self, session: ClientSession, since: int | None, epoch: str | None
     ) -> StreamStart:
+        # Events stamped this turn reach the clients already connected, and are in the
+        # snapshot and replay of this one: it is registered after this returns.
+        self.flush()
         hub = self.hub
         start = StreamStart(head=[ws_text_frame(hub.connected_payload(self._now()))])
         if since is None:

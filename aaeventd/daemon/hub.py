@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aaeventd import SERVER_NAME, __version__
-from aaeventd.protocol.codec import encode_json, rfc3339_utc, ws_text_frame
+from aaeventd.protocol.codec import encode_json, rfc3339_utc, splice_stamps, ws_text_frame
 from aaeventd.protocol.errors import ErrorCode, ProtocolError
 from aaeventd.protocol.events import KNOWN_TYPES, ConfirmationResponse, normalize_confirmation
 from aaeventd.protocol.skills import (
@@ -384,17 +384,34 @@ class Hub:
 
     # -- events ----------------------------------------------------------------------
 
-    def stamp(self, event: dict[str, Any], event_type: str, wall: float, now: float) -> Stamped:
+    def stamp(
+        self,
+        event: dict[str, Any],
+        event_type: str,
+        wall: float,
+        now: float,
+        raw: bytes | None = None,
+    ) -> Stamped:
         """Give ``event`` the next seq (and a timestamp when it has none); record it.
 
         The dict is updated in place: ``seq`` is overwritten where the source put it,
-        otherwise appended, and ``timestamp`` is appended only when absent.
+        otherwise appended, and ``timestamp`` is appended only when absent.  ``raw``,
+        the source's line ``event`` was parsed from, is then the frame's payload with
+        the two fields spliced in (:func:`~aaeventd.protocol.codec.splice_stamps`),
+        unless the source sent a ``seq`` of its own (overwritten in place: encoded).
         """
         seq = self.last_seq + 1
+        spliced = raw is not None and "seq" not in event
         event["seq"] = seq
+        timestamp = None
         if "timestamp" not in event:
-            event["timestamp"] = rfc3339_utc(wall)
-        stamped = Stamped.build(seq, event_type, event)
+            event["timestamp"] = timestamp = rfc3339_utc(wall)
+        if spliced:
+            assert raw is not None
+            frame, offset = splice_stamps(raw, seq, timestamp)
+            stamped = Stamped(seq, event_type, event, frame, offset)
+        else:
+            stamped = Stamped.build(seq, event_type, event)
         # Committed only once encoded: a failure above never leaves a hole in the seqs.
         self.last_seq = seq
         self._ring.append(Kept(seq, event_type, stamped.frame))
@@ -414,8 +431,12 @@ class Hub:
         wants_ack: bool,
         wall: float,
         now: float,
+        raw: bytes | None = None,
     ) -> list[Effect]:
         """Take a validated event from a source and return what to do with it.
+
+        ``raw`` is the line ``event`` was parsed from, if the caller has it: the
+        broadcast is then that line with the stamps spliced in (:meth:`stamp`).
 
         Raises:
             ProtocolError: ``duplicate_confirmation`` for an id still pending,
@@ -423,7 +444,7 @@ class Hub:
         """
         if event_type == "confirmation_required":
             return [self._open_confirmation(event, source=source, wall=wall, now=now)]
-        stamped = self.stamp(event, event_type, wall, now)
+        stamped = self.stamp(event, event_type, wall, now, raw)
         return [Broadcast(stamped, source=source, ack_to=source if wants_ack else None)]
 
     @property
@@ -499,6 +520,8 @@ class Hub:
     def _track(self, event_type: str, event: dict[str, Any], wall: float, now: float) -> None:
         if event_type == "skill_started":
             self._skill_started(event, wall, now)
+            return
+        if not self._skills:  # nothing runs that this event could name
             return
         skill = self._find_skill(event_refs(event))
         if skill is None:

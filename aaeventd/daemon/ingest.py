@@ -24,7 +24,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aaeventd import SERVER_NAME, __version__
 from aaeventd.daemon.handshakes import LogThrottle
@@ -67,11 +67,18 @@ class IngestSettings:
 class EventSink(Protocol):
     """What the ingest side hands accepted events to (implemented by the app)."""
 
-    def submit(self, source: SourceConnection, event: dict[str, Any], event_type: str) -> None:
-        """Take one validated event; raise ProtocolError to refuse it."""
+    def submit(
+        self, source: SourceConnection, event: dict[str, Any], event_type: str, raw: bytes
+    ) -> None:
+        """Take one validated event (``raw``: the line it was parsed from); raise
+        ProtocolError to refuse it."""
 
     def flush(self) -> None:
         """Journal and broadcast everything submitted so far, then send acks."""
+
+    def flush_soon(self) -> None:
+        """:meth:`flush` at the end of this turn of the event loop (once, however
+        many sources call it): what several sources sent in one turn is one batch."""
 
     def last_seq(self) -> int:
         """The last seq broadcast so far."""
@@ -122,8 +129,8 @@ class SourceConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (asyncio's or uvloop's, which does not subclass it).
+        self.transport = transport = cast(asyncio.Transport, transport)
         self.connected_at = asyncio.get_running_loop().time()
         sock = transport.get_extra_info("socket")
         try:
@@ -224,6 +231,8 @@ class SourceConnection(asyncio.Protocol):
         self._cancel_line_timer()
         if not self._closed:
             self._process(self._framer.eof())
+        # Now, not at the end of the turn: the acks must go out before a close below.
+        self.server.sink.flush()
         self.half_closed = True
         if self._peer_gone():
             return False  # an exited source: connection_lost follows, and source_gone
@@ -278,7 +287,7 @@ class SourceConnection(asyncio.Protocol):
                     allow_unknown_types=settings.allow_unknown_types,
                     max_timeout_seconds=settings.max_timeout_seconds,
                 )
-                sink.submit(self, event, event_type)
+                sink.submit(self, event, event_type, item.data)
                 self.events_accepted += 1
             except ProtocolError as exc:
                 self._greeted = True
@@ -288,7 +297,7 @@ class SourceConnection(asyncio.Protocol):
                 self.server.rejected[exc.code] = self.server.rejected.get(exc.code, 0) + 1
                 self._log_rejection(number, exc)
                 self._send_error(exc.code, exc.message, number, exc.details)
-        sink.flush()
+        sink.flush_soon()
 
     def _log_rejection(self, number: int, exc: ProtocolError) -> None:
         # A flooding source must not flood the log: the first few at WARNING, then one
@@ -351,6 +360,21 @@ class SourceConnection(asyncio.Protocol):
                 self.log.warning("source does not read its replies; dropping them")
             return
         transport.write(bytes(payload) + b"\n")
+
+    def write_lines(self, payloads: list[bytes]) -> None:
+        """Write several NDJSON lines in one write (dropped and counted, each, like
+        :meth:`write_line`'s, when the source does not read)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > REPLY_BUFFER_LIMIT:
+            self.dropped_replies += len(payloads)
+            self.server.dropped_replies += len(payloads)
+            if self.dropped_replies == len(payloads):
+                self.log.warning("source does not read its replies; dropping them")
+            return
+        payloads.append(b"")
+        transport.write(b"\n".join(payloads))
 
     def _send_error(
         self,

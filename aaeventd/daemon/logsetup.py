@@ -40,7 +40,8 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TextIO
 
 from aaeventd.protocol.codec import rfc3339_utc
@@ -65,6 +66,8 @@ IDENTIFIER = "aaeventd"
 # The per-event INFO line (daemon/app.py ``_log_event``): its arguments become fields.
 EVENTS_LOGGER = "aaeventd.events"
 EVENT_LINE = "event seq=%d type=%s pid=%s skill=%s step=%s delivered=%d"
+EventArgs = tuple[int, str, Any, Any, Any, int]
+"""``EVENT_LINE``'s arguments: seq, type, source pid, skill, step, delivered."""
 
 
 def redact(value: Any, fields: frozenset[str]) -> Any:
@@ -223,6 +226,22 @@ class JournalSender:
                 parts.append(_field(b"AAEVENTD_SKILL", str(skill)))
         return b"".join(parts)
 
+    def event_datagram(self, args: EventArgs) -> bytes:
+        """The entry :meth:`datagram` makes of an ``EVENT_LINE`` record with ``args``."""
+        seq, kind, pid, skill = args[0], args[1], args[2], args[3]
+        parts = [
+            _field(b"MESSAGE", f"{EVENTS_LOGGER}: {EVENT_LINE % args}"),
+            b"PRIORITY=6\n",
+            self._head,
+            _field(b"AAEVENTD_SEQ", str(seq)),
+            _field(b"AAEVENTD_TYPE", str(kind)),
+        ]
+        if pid != "-":
+            parts.append(_field(b"AAEVENTD_SOURCE_PID", str(pid)))
+        if skill != "-":
+            parts.append(_field(b"AAEVENTD_SKILL", str(skill)))
+        return b"".join(parts)
+
     def send(self, data: bytes) -> None:
         """Send one entry; raises OSError when journald cannot take it."""
         try:
@@ -287,6 +306,56 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
         super().emit(record)
 
+    def write_events(self, lines: list[EventArgs]) -> None:
+        """Write per-event INFO lines of ``aaeventd.events`` without a LogRecord each.
+
+        The same text (or journal entry) :meth:`emit` makes of
+        ``logging.getLogger("aaeventd.events").info(EVENT_LINE, *args)``, for the
+        formatters of this module: the hot path's log line (docs/performance.md) skips
+        the record, the logger walk and the generic formatting.  Only called when
+        :func:`event_writer` found this handler alone on the path.
+        """
+        if not lines:
+            return
+        created = time.time()
+        journal = self.journal
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if journal is not None:
+                for args in lines:
+                    try:
+                        journal.send(journal.event_datagram(args))
+                    except OSError as exc:
+                        self._journal_failed(exc)
+                        self._write_event_lines([args], created)
+                    else:
+                        self.journal_failing = False
+            else:
+                self._write_event_lines(lines, created)
+            self.flush()
+
+    def _write_event_lines(self, lines: list[EventArgs], created: float) -> None:
+        fmt = self.formatter
+        head = f"{EVENTS_LOGGER}: "
+        if isinstance(fmt, TextFormatter):
+            head = f"{_iso(created)} INFO {head}"
+            text = "".join(f"{head}{EVENT_LINE % args}\n" for args in lines)
+        elif isinstance(fmt, PrefixedFormatter) and fmt.json is None:
+            text = "".join(f"<6>INFO {_one_line(head + EVENT_LINE % args)}\n" for args in lines)
+        else:  # JSON, with or without the <6> prefix
+            prefix = "<6>" if isinstance(fmt, PrefixedFormatter) else ""
+            stamp: dict[str, Any] = {} if prefix else {"ts": _iso(created)}
+            text = "".join(
+                prefix
+                + json.dumps(
+                    {**stamp, "level": "INFO", "logger": EVENTS_LOGGER, "msg": EVENT_LINE % args},
+                    ensure_ascii=False,
+                    default=str,
+                )
+                + "\n"
+                for args in lines
+            )
+        self.stream.write(text)
+
     def _journal_failed(self, exc: OSError) -> None:
         if self.journal_failing:
             return
@@ -309,6 +378,32 @@ def _our_handler() -> BatchingHandler | None:
         if isinstance(handler, BatchingHandler):
             return handler
     return None
+
+
+def event_writer() -> Callable[[list[EventArgs]], None] | None:
+    """:meth:`BatchingHandler.write_events` when INFO lines of ``aaeventd.events`` would
+    reach that handler alone, through no filter, in one of this module's formats; else
+    None, and the caller logs each line through the logger (tests' capture handlers,
+    a DEBUG setup with extra handlers, logging not configured by us)."""
+    events = logging.getLogger(EVENTS_LOGGER)
+    root = logging.getLogger(ROOT)
+    handler = _our_handler()
+    if (
+        handler is None
+        or not events.isEnabledFor(logging.INFO)
+        or events.handlers
+        or events.filters
+        or not events.propagate
+        or root.filters
+        or root.propagate
+        or root.handlers != [handler]
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(handler.formatter) not in (TextFormatter, JsonFormatter, PrefixedFormatter)
+        or (isinstance(handler.formatter, JsonFormatter) and not handler.formatter.stamped)
+    ):
+        return None
+    return handler.write_events
 
 
 @contextlib.contextmanager
