@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -31,6 +31,7 @@ from aaeventd import __version__
 from aaeventd.daemon.app import Daemon
 from aaeventd.daemon.ingest import REPLY_BUFFER_LIMIT, SourceConnection
 from aaeventd.daemon.logsetup import TextFormatter
+from aaeventd.daemon.wsserver import ClientSession
 from aaeventd.errors import StartupError
 from tests.support import (
     FACTOR,
@@ -1005,5 +1006,52 @@ def test_deeply_nested_event_logged_at_debug_keeps_the_connection() -> None:
                 assert (await recv_json(ws))["type"] == "deep.event"
                 assert (await recv_json(ws))["type"] == "probe.ok"
                 assert d.counters.events_in == 2
+
+    run(body())
+
+
+# -- batching across sources (docs/performance.md) -------------------------------------
+
+
+def test_lines_of_several_sources_in_one_loop_turn_are_one_batch() -> None:
+    """Lines that three sources' reads bring in one turn of the loop reach a client in
+    one write (one fan-out), in arrival order, each acked; a client that connects while
+    the batch waits for its flush gets every event once (snapshot, then live)."""
+
+    async def body() -> None:
+        async with daemon() as d, client(d) as ws:
+            batches: list[list[int]] = []
+            fan_out = d.ws.fan_out
+
+            def counting(batch: Any) -> list[int]:
+                batches.append([s.seq for s in batch])
+                return fan_out(batch)
+
+            d.ws.fan_out = counting  # type: ignore[method-assign]
+            sources = [await Source.connect(sock_path(d), hello=HELLO_ACKS) for _ in range(3)]
+            try:
+                # Written before the loop runs again: one epoll wakes all three reads.
+                for n, src in enumerate(sources):
+                    src.writer.write(json.dumps({"type": "batch.test", "n": n}).encode() + b"\n")
+                for n, src in enumerate(sources):
+                    await expect_ack(src, n + 1, 1)
+                assert batches == [[1, 2, 3]], batches
+                got = [await recv_json(ws) for _ in range(3)]
+                assert [(e["seq"], e["n"]) for e in got] == [(1, 0), (2, 1), (3, 2)], got
+                # Stamped, not yet flushed: a client connecting now sees it exactly once.
+                sources[0].writer.write(b'{"type":"batch.test","n":3}\n')
+                deadline = time.monotonic() + TIMEOUT
+                while d.hub.last_seq < 4:  # one turn at a time: the read, then the flush
+                    assert time.monotonic() < deadline, "the line was never read"
+                    await asyncio.sleep(0)
+                assert d._batch, "the flush runs at the end of the turn"
+                # A new client (registered after open_stream returns) asks for everything.
+                start = d.open_stream(cast(ClientSession, None), 0, None)
+                assert not d._batch, "a client's snapshot flushes the batch first"
+                assert start.replay == (0, 4), start.replay
+                assert batches[-1] == [4], batches
+            finally:
+                for src in sources:
+                    await src.close()
 
     run(body())
