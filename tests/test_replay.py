@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from typing import Any
 
 from tests.support import (
@@ -190,3 +192,43 @@ def test_replay_skips_a_torn_journal_line_and_announces_its_seqs() -> None:
         assert skipped == 1, f"{skipped} unreadable lines counted, 1 expected"
 
     run(body())
+
+
+def test_journal_reader_rests_as_long_as_it_reads(monkeypatch: Any) -> None:
+    """A replay from the journal leaves the CPU to live traffic: after each chunk the
+    reader rests (at least) as long as the chunk took, READER_DUTY = 0.5."""
+    from aaeventd.daemon import replay
+
+    assert replay.READER_DUTY == 0.5
+    spans: list[tuple[float, float]] = []
+    real_chunk = replay.journal_chunk
+
+    def timed_chunk(*args: Any, **kwargs: Any) -> replay.Chunk:
+        began = time.monotonic()
+        try:
+            return real_chunk(*args, **kwargs)
+        finally:
+            spans.append((began, time.monotonic()))
+
+    monkeypatch.setattr(replay, "journal_chunk", timed_chunk)
+
+    async def body() -> None:
+        with short_tmpdir() as tmp:
+            cfg = make_config(tmp, events={"replay_buffer": 100})
+            async with running_daemon(cfg) as d:
+                async with await Source.connect(
+                    d.socket_path, hello={"type": "hello", "acks": True}
+                ) as src:
+                    await send_many(src, 4000, pad=200)
+                ws = await ws_connect(d, "since=0")
+                assert (await recv_json(ws))["type"] == "connected"
+                seqs, _ = await collect_seqs(ws, 4000)
+                assert seqs[0] == 4000 - len(seqs) + 1
+                await ws.close()
+
+    run(body())
+    # The last chunk ends the replay: no rest after it.
+    rests = [(nxt[0] - cur[1], cur[1] - cur[0]) for cur, nxt in itertools.pairwise(spans)]
+    assert len(rests) >= 10, f"{len(spans)} chunks: the replay did not come from the journal"
+    short = [(round(r * 1e3, 3), round(w * 1e3, 3)) for r, w in rests if r < w]
+    assert len(short) <= len(rests) // 10, f"rests shorter than the work (ms): {short[:10]}"
