@@ -7,6 +7,7 @@ PROTOCOL §7, and a run with no ``--config`` at all.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from tests.support import (
     TIMEOUT,
     aaeventd_cmd,
     daemon_process,
+    require,
     spawn,
     subprocess_env,
     write_config,
@@ -315,3 +317,28 @@ def test_port_0_is_logged_even_at_warning_level(tmp: Path) -> None:
         assert proc.wait(TIMEOUT) == 0
         stderr.join()
     assert not any(" INFO " in ln for ln in stderr.lines)
+
+
+def test_the_opt_in_uvloop_event_loop_runs_the_same_path(tmp: Path) -> None:
+    """AAEVENTD_EVENT_LOOP=uvloop (the uvloop extra): the daemon says which loop runs it,
+    and sources, acks, clients and the stop work as on asyncio's; a bad value exits 2."""
+    require(importlib.util.find_spec("uvloop") is not None, "uvloop (pip install -e '.[test]')")
+    config = write_config(tmp)
+    env = subprocess_env(tmp, AAEVENTD_EVENT_LOOP="uvloop")
+    with (
+        daemon_process(
+            tmp, args=["--config", config], env=env, before_ready="event loop: uvloop.Loop"
+        ) as d,
+        connect(d.url, open_timeout=TIMEOUT) as ws,
+    ):
+        assert recv_event(ws)["type"] == "connected"
+        with EventSource(d.sock, name="uv", timeout=TIMEOUT) as src:
+            acks = [src.send({"type": "uv.test", "n": n}) for n in range(3)]
+        got = [(a.seq, a.delivered) if a is not None else None for a in acks]
+        assert got == [(1, 1), (2, 1), (3, 1)], got
+        assert [recv_event(ws)["n"] for _ in range(3)] == [0, 1, 2]
+        assert d.stop(signal.SIGTERM) == 0
+    assert journal_seqs(tmp / "journal") == [1, 2, 3]
+    bad = run_cli(tmp, "run", "--config", config, AAEVENTD_EVENT_LOOP="tokio")
+    assert bad.returncode == 2, bad.stderr
+    assert "AAEVENTD_EVENT_LOOP: must be asyncio or uvloop, not 'tokio'" in bad.stderr, bad.stderr

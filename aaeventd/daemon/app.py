@@ -653,9 +653,7 @@ class Daemon:
                         self._log_payload(event)
                 observe(event.type, event.event, count)
                 if item.ack_to is not None and source is not None:
-                    acks.setdefault(source.id, []).append(
-                        self._ack_line(item, count, unjournaled)
-                    )
+                    acks.setdefault(source.id, []).append(self._ack_line(item, count, unjournaled))
             if write_events is not None:
                 write_events(lines)
         for sid, ack_lines in acks.items():
@@ -1089,6 +1087,8 @@ def _ingest_settings(cfg: Config) -> IngestSettings:
 async def serve(config: Config, *, config_path: str | None) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code for the CLI."""
     configure_logging(config.logging.level, config.logging.format, target=config.logging.target)
+    loop = type(asyncio.get_running_loop())
+    log.info("event loop: %s.%s", loop.__module__.partition(".")[0], loop.__qualname__)
     raise_fd_limit()  # PROTOCOL §2.4: every client and pending handshake is a descriptor
     daemon = Daemon(config, config_path=config_path)
     try:
