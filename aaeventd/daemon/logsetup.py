@@ -374,10 +374,14 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _our_handler() -> BatchingHandler | None:
-    for handler in logging.getLogger(ROOT).handlers:
+    for handler in _LOGGERS[1].handlers:
         if isinstance(handler, BatchingHandler):
             return handler
     return None
+
+
+# Loggers live as long as the process: looked up once (getLogger takes a lock).
+_LOGGERS = (logging.getLogger(EVENTS_LOGGER), logging.getLogger(ROOT))
 
 
 def event_writer() -> Callable[[list[EventArgs]], None] | None:
@@ -385,8 +389,7 @@ def event_writer() -> Callable[[list[EventArgs]], None] | None:
     reach that handler alone, through no filter, in one of this module's formats; else
     None, and the caller logs each line through the logger (tests' capture handlers,
     a DEBUG setup with extra handlers, logging not configured by us)."""
-    events = logging.getLogger(EVENTS_LOGGER)
-    root = logging.getLogger(ROOT)
+    events, root = _LOGGERS
     handler = _our_handler()
     if (
         handler is None
