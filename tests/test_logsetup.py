@@ -18,6 +18,7 @@ import subprocess
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -411,3 +412,40 @@ def test_event_writer_steps_aside_for_other_handlers_and_levels(
         events.filters.clear()
     logsetup.configure_logging("WARNING", "text", stream=stderr_text, target="stderr")
     assert logsetup.event_writer() is None
+
+
+def test_event_lines_wait_for_the_deferred_flush_but_never_overtake(tmp_path: Path) -> None:
+    """With a ``defer`` (the daemon passes loop.call_later), a batch's lines stay in the
+    buffer for EVENT_LINES_DELAY, one flush for many batches; a warning meanwhile writes
+    them first, in order."""
+    logging.getLogger(logsetup.ROOT).handlers[:] = []
+    path = tmp_path / "stderr.log"
+    with open(path, "w", buffering=1 << 16, encoding="utf-8") as stream:
+        logsetup.configure_logging("INFO", "text", stream=stream, target="stderr")
+        scheduled: list[tuple[float, Any]] = []
+
+        def defer(delay: float, callback: Any) -> None:
+            scheduled.append((delay, callback))
+
+        for n in range(3):
+            with logsetup.log_batch(defer):
+                writer = logsetup.event_writer()
+                assert writer is not None
+                writer([(n + 1, "x.y", 1, "-", "-", 1)])
+        assert path.read_text() == "", "held in the buffer"
+        assert [delay for delay, _ in scheduled] == [logsetup.EVENT_LINES_DELAY], scheduled
+        scheduled[0][1]()
+        assert [line.split(" seq=")[1][0] for line in path.read_text().splitlines()] == [
+            "1",
+            "2",
+            "3",
+        ]
+        with logsetup.log_batch(defer):
+            writer([(4, "x.y", 1, "-", "-", 1)])
+        logging.getLogger("aaeventd.app").warning("meanwhile")
+        lines = path.read_text().splitlines()
+        assert "seq=4" in lines[-2], lines
+        assert lines[-1].endswith("WARNING aaeventd.app: meanwhile"), lines
+        scheduled[-1][1]()  # nothing left: no second copy
+        assert len(path.read_text().splitlines()) == 5
+    logging.getLogger(logsetup.ROOT).handlers[:] = []

@@ -639,7 +639,7 @@ class Daemon:
         lines: list[EventArgs] = []
         acks: dict[SourceId, list[bytes]] = {}
         observe = self.desktop.observe
-        with log_batch():
+        with log_batch(self._loop.call_later if self._loop is not None else None):
             for item, count in zip(batch, delivered, strict=True):
                 event = item.stamped
                 source = sources.get(item.source) if item.source is not None else None

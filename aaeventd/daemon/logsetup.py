@@ -66,6 +66,8 @@ IDENTIFIER = "aaeventd"
 # The per-event INFO line (daemon/app.py ``_log_event``): its arguments become fields.
 EVENTS_LOGGER = "aaeventd.events"
 EVENT_LINE = "event seq=%d type=%s pid=%s skill=%s step=%s delivered=%d"
+# How long the per-event lines may wait in the buffer for the next batches' (log_batch).
+EVENT_LINES_DELAY = 0.05
 EventArgs = tuple[int, str, Any, Any, Any, int]
 """``EVENT_LINE``'s arguments: seq, type, source pid, skill, step, delivered."""
 
@@ -282,6 +284,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self.batching = 0
+        self.flush_pending = False  # a deferred flush is scheduled (log_batch)
         # With the journal target: where records go first, and how to show them there.
         self.journal: JournalSender | None = None
         self.journal_formatter = logging.Formatter()
@@ -289,7 +292,13 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         if not self.batching:
+            self.flush_pending = False
             super().flush()
+
+    def deferred_flush(self) -> None:
+        """The flush :func:`log_batch` put off, unless one ran meanwhile."""
+        if self.flush_pending:
+            self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         journal = self.journal
@@ -410,8 +419,18 @@ def event_writer() -> Callable[[list[EventArgs]], None] | None:
 
 
 @contextlib.contextmanager
-def log_batch() -> Iterator[None]:
-    """Hold log output until the block ends (then write it in one go)."""
+def log_batch(
+    defer: Callable[[float, Callable[[], None]], object] | None = None,
+) -> Iterator[None]:
+    """Hold log output until the block ends, then write it in one go.
+
+    With ``defer`` (``loop.call_later``), the write waits up to
+    :data:`EVENT_LINES_DELAY` instead, sharing one ``write(2)`` with the batches of
+    the next turns of the loop: at a moderate rate a turn holds a few events, and a
+    write to a log file per turn was a third of the server's CPU for 10 clients at
+    2,000 events/s (docs/performance.md).  A record outside a batch (a warning,
+    another logger) still writes at once, and so everything before it.
+    """
     handler = _our_handler()
     if handler is None:
         yield
@@ -421,7 +440,11 @@ def log_batch() -> Iterator[None]:
         yield
     finally:
         handler.batching -= 1
-        handler.flush()
+        if defer is None or handler.batching:
+            handler.flush()
+        elif not handler.flush_pending:
+            handler.flush_pending = True
+            defer(EVENT_LINES_DELAY, handler.deferred_flush)
 
 
 def configure_logging(
