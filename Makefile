@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	MYPYPATH=benchmarks:. $(VENV)/bin/mypy --strict --python-version 3.11 benchmarks/*.py
 
 ## test: lint, then the whole pytest suite
 test: lint

@@ -2,8 +2,11 @@
 
 :func:`run_quietly` runs one scenario once (again if other work on the shared box
 disturbed it, within a budget): the server as a subprocess (:class:`Server`, ready at
-its sd_notify ``READY=1``), the source and the clients in their own processes
-(:mod:`loadgen`), every process stopped before the next run.  Also here: the summary of
+its sd_notify ``READY=1``), the sources and the clients in their own processes
+(:mod:`loadgen`), every process stopped before the next run.  The scenario's mode
+picks the run: :func:`_live` (one source), :func:`_replay`, :func:`_users` (several
+sources, one line per send, a probe client; with a journal replay during the traffic
+for a busy run) or :func:`_idle` (the server's RSS per idle client).  Also here: the summary of
 the daemon's cProfile, and the probes of the journal reader and of the disk's fsync.
 """
 
@@ -16,6 +19,7 @@ import json
 import multiprocessing
 import os
 import pstats
+import resource
 import shutil
 import signal
 import socket
@@ -49,6 +53,12 @@ OTHER_LOAD_LIMIT = 0.25
 ATTEMPTS = 3
 RETRY_BUDGET = 60.0
 QUIET_WAIT = 15.0
+# The daemon's event loop (aaeventd.cli's variable), for a scenario that names one.
+EVENT_LOOP_ENV = "AAEVENTD_EVENT_LOOP"
+# The users' runs: the sources start GO_MARGIN s after the parent says go; in a busy
+# run the replay client connects REPLAY_AT s after that.
+GO_MARGIN = 0.1
+REPLAY_AT = 1.0
 # Slow-consumer scenario: the stalled client reads its close frame after the run
 # (the daemon aborts it close_timeout = 10 s after sending it), and /metrics is polled
 # until the disconnect is counted.
@@ -83,6 +93,10 @@ class Server:
         websocket: dict[str, Any] = {"port": 0}
         if sc.slow_buffer is not None:
             websocket["slow_client_buffer_bytes"] = sc.slow_buffer
+        if sc.buffer_budget is not None:
+            websocket["clients_buffer_budget_bytes"] = sc.buffer_budget
+        if sc.clients + 2 > 256:  # the default max_clients; +2: the probe, a replay
+            websocket["max_clients"] = sc.clients + 16
         config = {
             "sources": {"socket_path": socket_path},
             "websocket": websocket,
@@ -109,6 +123,8 @@ class Server:
         }
         env["XDG_RUNTIME_DIR"] = str(self.tmp)
         env["XDG_STATE_HOME"] = str(self.tmp / "state")
+        if self.scenario.server == "daemon" and self.scenario.event_loop:
+            env[EVENT_LOOP_ENV] = self.scenario.event_loop
         notify_path = self.tmp / "notify.sock"
         notify_path.unlink(missing_ok=True)  # left by the previous start (replay restarts)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -152,6 +168,15 @@ class Server:
         stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kb(self) -> int:
+        """The server process's resident set (``VmRSS``, kB) now."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == "VmRSS":
+                return int(value.split()[0])
+        raise RuntimeError("no VmRSS in /proc/PID/status")  # pragma: no cover
 
     def write_calls(self) -> int:
         """``write(2)``-family calls the server process has made so far (``syscw``).
@@ -300,9 +325,34 @@ def run_once(scenario: Scenario, profile_out: Path | None = None) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="aaev-bench-", dir="/tmp"))
     server = Server(scenario, tmp)
     result = Result(scenario)
+    raise_nofile()
     try:
         if scenario.mode == "replay":
             _replay(ctx, server, result)
+        elif scenario.mode in ("users", "busy", "idle"):
+            if scenario.replay_events:
+                fill = _fill_journal(
+                    ctx,
+                    server,
+                    dataclasses.replace(
+                        scenario,
+                        mode="live",
+                        clients=1,
+                        events=scenario.replay_events,
+                        rate=None,
+                        sources=1,
+                        probe=False,
+                        replay_events=0,
+                    ),
+                )
+                result.extra.update(fill_rate=fill.events_per_s, fill_other_load=fill.other_load)
+            with _children() as procs:
+                server.start()
+                if scenario.mode == "idle":
+                    _idle(ctx, server, procs, result)
+                else:
+                    _users(ctx, server, procs, result)
+            server.stop()
         else:
             with _children() as procs:
                 server.start()
@@ -321,6 +371,14 @@ def run_once(scenario: Scenario, profile_out: Path | None = None) -> Result:
     return result
 
 
+def raise_nofile() -> None:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (1,000 clients need
+    1,000 fds in the server and in the client processes, which inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _start_clients(
     ctx: SpawnContext,
     procs: list[BaseProcess],
@@ -329,23 +387,34 @@ def _start_clients(
     *,
     latency: bool,
     path: str = "/",
+    times: bool = False,
+    kind: str | None = None,
+    clients: int | None = None,
+    events: int | None = None,
+    start_at_ns: int = 0,
 ) -> list[Connection]:
-    """Start the client processes (one, or CLIENT_PROCS sharing the connections)."""
-    workers = 1 if scenario.clients == 1 else CLIENT_PROCS
-    shares = [
-        scenario.clients // workers + (i < scenario.clients % workers) for i in range(workers)
-    ]
+    """Start the client processes (one, or CLIENT_PROCS sharing the connections).
+
+    ``kind``, ``clients``, ``events``: instead of the scenario's (the probe client,
+    the replay client of a busy run).
+    """
+    clients = scenario.clients if clients is None else clients
+    workers = 1 if clients == 1 else CLIENT_PROCS
+    shares = [clients // workers + (i < clients % workers) for i in range(workers)]
     pipes: list[Connection] = []
     for share in shares:
         plan = loadgen.ClientPlan(
             host=server.host,
             port=server.port,
             connections=share,
-            events=scenario.events,
+            events=scenario.events if events is None else events,
             latency=latency,
-            kind=scenario.client_kind,
+            kind=kind or scenario.client_kind,
             timeout=RUN_TIMEOUT,
             path=path,
+            times=times,
+            sources=scenario.sources,
+            start_at_ns=start_at_ns,
         )
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=loadgen.client_main, args=(child, plan), daemon=True)
@@ -372,6 +441,7 @@ def _live(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: R
             rate=scenario.rate,
             hello=scenario.server == "daemon",
             timeout=RUN_TIMEOUT,
+            line_bytes=scenario.line,
         )
         source_pipe, child = ctx.Pipe()
         proc = ctx.Process(target=loadgen.source_main, args=(child, source_plan), daemon=True)
@@ -409,6 +479,175 @@ def _live(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: R
         )
 
 
+def _fill_journal(ctx: SpawnContext, server: Server, scenario: Scenario) -> Result:
+    """Run ``scenario`` (live: one source, one client) to fill the journal; stop."""
+    fill = Result(scenario)
+    with _children() as procs:
+        server.start()
+        _live(ctx, server, procs, fill)
+    server.stop()
+    return fill
+
+
+def _start_sources(
+    ctx: SpawnContext, procs: list[BaseProcess], server: Server, scenario: Scenario
+) -> list[Connection]:
+    """``scenario.sources`` source processes, each sending its share one line per send.
+
+    Paced, each sends ``rate / sources`` events/s, source k ``k / rate`` s after the
+    first, so that their lines interleave evenly.
+    """
+    pipes = []
+    rate = scenario.rate
+    for k in range(scenario.sources):
+        plan = loadgen.SourcePlan(
+            socket_path=server.socket_path,
+            events=scenario.events // scenario.sources,
+            rate=rate / scenario.sources if rate else None,
+            hello=scenario.server == "daemon",
+            timeout=RUN_TIMEOUT,
+            line_bytes=scenario.line,
+            source=k + 1,
+            per_line=True,
+            offset_s=k / rate if rate else 0.0,
+        )
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=loadgen.source_main, args=(child, plan), daemon=True)
+        proc.start()
+        child.close()
+        procs.append(proc)
+        pipes.append(parent)
+    return pipes
+
+
+def _users(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: Result) -> None:
+    """Several sources, the counting clients and the probe client; fill in ``result``.
+
+    Events/s = events / (the first source's first send -> the last event received by
+    every counting client).  The probe's checks and latency go to ``extra``.  In a busy
+    run with ``replay_events``, one more client connects with ``since=0`` REPLAY_AT s
+    into the traffic; the live clients' latency is also given for the events sent
+    while it was being replayed to (its ``connected`` frame -> its last replayed
+    event), and without a replay for those sent from REPLAY_AT s on.
+    """
+    sc = result.scenario
+    busy = sc.mode == "busy"
+    pipes = _start_clients(ctx, procs, server, sc, latency=sc.latency, times=busy)
+    probe_pipes = (
+        _start_clients(ctx, procs, server, sc, latency=True, kind="probe", clients=1)
+        if sc.probe
+        else []
+    )
+    for pipe in (*pipes, *probe_pipes):
+        _expect(pipe, "ready", START_TIMEOUT + 10)
+    source_pipes = _start_sources(ctx, procs, server, sc)
+    result.line_bytes = max(_expect(pipe, "ready", START_TIMEOUT + 10) for pipe in source_pipes)
+    start_at = time.monotonic_ns() + int(GO_MARGIN * 1e9)
+    replay_at = start_at + int(REPLAY_AT * 1e9)
+    replay_pipes = (
+        _start_clients(
+            ctx,
+            procs,
+            server,
+            sc,
+            latency=False,
+            path="/?since=0",
+            kind="raw",
+            clients=1,
+            events=sc.replay_events,
+            start_at_ns=replay_at,
+        )
+        if sc.replay_events
+        else []
+    )
+    cpu_before = server.cpu_seconds()
+    writes_before = server.write_calls()
+    other = OtherLoad()
+    for pipe in source_pipes:
+        pipe.send(("go", start_at))
+    sent = [_expect(pipe, "done", RUN_TIMEOUT) for pipe in source_pipes]
+    received = [_expect(pipe, "done", RUN_TIMEOUT) for pipe in pipes]
+    probed = [_expect(pipe, "done", RUN_TIMEOUT) for pipe in probe_pipes]
+    for pipe in replay_pipes:
+        _expect(pipe, "ready", RUN_TIMEOUT)
+    replayed = [_expect(pipe, "done", RUN_TIMEOUT) for pipe in replay_pipes]
+    result.server_cpu_s = server.cpu_seconds() - cpu_before
+    result.writes = server.write_calls() - writes_before
+    result.client_cpu_s = sum(r["cpu_s"] for r in (*received, *probed))
+    result.other_load = other.cores()
+    for r in received:
+        if any(n != sc.events for n in r["frames"]):
+            raise RuntimeError(f"a client got {r['frames']} events, not {sc.events}")
+    t_first = min(x["t_first"] for x in sent)
+    last = max(max(r["last_ns"]) for r in received)
+    result.elapsed_s = (last - t_first) / 1e9
+    result.events_per_s = sc.events / result.elapsed_s
+    if sc.latency:
+        samples = array("q")
+        for r in received:
+            samples.frombytes(r["latencies"])
+        result.latency_ms = _percentiles(samples)
+    for r in probed:
+        result.extra["probe"] = {**r["probe"], "frames": r["frames"][0]}
+        samples = array("q")
+        samples.frombytes(r["latencies"])
+        result.extra["probe_ms"] = _percentiles(samples)
+    if busy:
+        lat, sends = array("q"), array("q")
+        for r in received:
+            lat.frombytes(r["latencies"])
+            sends.frombytes(r["sends"])
+        if replayed:
+            (rp,) = replayed
+            # It stops counting at the replayed events; the live ones follow them.
+            if rp["frames"][0] < sc.replay_events:
+                raise RuntimeError(f"the replay client got {rp['frames']} events")
+            window = (rp["first_ns"][0], rp["last_ns"][0])
+            result.extra["replay_s"] = (window[1] - window[0]) / 1e9
+        else:
+            window = (replay_at, 1 << 62)
+        inside = array(
+            "q", (x for x, t in zip(lat, sends, strict=True) if window[0] <= t <= window[1])
+        )
+        result.extra["window_ms"] = _percentiles(inside) if inside else {}
+
+
+def _idle(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: Result) -> None:
+    """``clients`` idle clients connect; the server's RSS per client, from ``VmRSS``.
+
+    (RSS with every client connected and registered, its ``connected`` frame received,
+    - RSS before any connected) / clients; one client connected and left first, so
+    that what the first connection loads is not counted as the clients'.
+    """
+    sc = result.scenario
+    warm = loadgen.StalledClient(server.host, server.port)
+    try:
+        warm.connect()
+    finally:
+        warm.close()
+    # Let the server notice the warm-up client's departure: a measurement's settling
+    # time, nothing to wait on.
+    time.sleep(0.2)
+    before = server.rss_kb()
+    started = time.monotonic()
+    cpu_before = server.cpu_seconds()
+    other = OtherLoad()
+    pipes = _start_clients(ctx, procs, server, sc, latency=False)
+    for pipe in pipes:
+        _expect(pipe, "ready", START_TIMEOUT + RUN_TIMEOUT)
+    after = server.rss_kb()
+    result.elapsed_s = time.monotonic() - started
+    result.server_cpu_s = server.cpu_seconds() - cpu_before
+    result.other_load = other.cores()
+    for pipe in pipes:
+        pipe.send(("stop", None))
+    received = [_expect(pipe, "done", RUN_TIMEOUT) for pipe in pipes]
+    result.client_cpu_s = sum(r["cpu_s"] for r in received)
+    result.extra.update(
+        rss_before_kb=before, rss_after_kb=after, rss_per_client_kb=(after - before) / sc.clients
+    )
+
+
 def _wait_for_metric(server: Server, name: str, expected: float) -> float | None:
     """Poll ``/metrics`` until ``name`` reads ``expected`` (bounded); its last value."""
     deadline = time.monotonic() + METRICS_TIMEOUT
@@ -429,11 +668,7 @@ def _replay(ctx: SpawnContext, server: Server, result: Result) -> None:
     last replayed event's); server CPU over the same span.
     """
     scenario = result.scenario
-    fill = Result(dataclasses.replace(scenario, mode="live"))
-    with _children() as procs:
-        server.start()
-        _live(ctx, server, procs, fill)
-    server.stop()
+    fill = _fill_journal(ctx, server, dataclasses.replace(scenario, mode="live"))
     files = sorted((server.tmp / "journal").glob("events-*.jsonl"))
     sizes = [f.stat().st_size for f in files]
     result.line_bytes = fill.line_bytes
@@ -555,15 +790,22 @@ def _percentiles(samples: array[int]) -> dict[str, float]:
 
 _TEXT_WRITE = "<method 'write' of '_io.TextIOWrapper' objects>"
 _TEXT_FLUSH = "<method 'flush' of '_io.TextIOWrapper' objects>"
-# (key, label, file suffix(es) or "~" for built-ins, function): entry points whose
-# cumulative time is reported per event; sub-entries are indented in the label.
-PROFILE_POINTS: list[tuple[str, str, str | tuple[str, ...], str]] = [
+# (key, label, file suffix(es) or "~" for built-ins, function(s)): entry points whose
+# cumulative time is reported per event; sub-entries are indented in the label.  Where
+# the hot path was reworked, the old and the new names are both listed (the absent
+# ones count nothing).
+PROFILE_POINTS: list[tuple[str, str, str | tuple[str, ...], str | tuple[str, ...]]] = [
     ("process", "ingest: all line processing (_process)", "aaeventd/daemon/ingest.py", "_process"),
     ("decode", "  parse + type check (decode_object)", "protocol/codec.py", "decode_object"),
     ("validate", "  validation (validate_event)", "protocol/events.py", "validate_event"),
     ("submit", "  stamp + encode + frame (Daemon.submit)", "aaeventd/daemon/app.py", "submit"),
     ("ts", "    timestamp (rfc3339_utc)", "protocol/codec.py", "rfc3339_utc"),
-    ("encode", "    JSON encoding (encode_json)", "protocol/codec.py", "encode_json"),
+    (
+        "encode",
+        "    JSON encoding (encode_json, splice_stamps)",
+        "protocol/codec.py",
+        ("encode_json", "splice_stamps"),
+    ),
     ("track", "    running-skill tracking (Hub._track)", "aaeventd/daemon/hub.py", "_track"),
     ("flush", "  flush (journal, fan-out, log)", "aaeventd/daemon/app.py", "flush"),
     ("journal", "    journal append", "aaeventd/daemon/app.py", "_journal_append"),
@@ -573,7 +815,12 @@ PROFILE_POINTS: list[tuple[str, str, str | tuple[str, ...], str]] = [
         "aaeventd/daemon/wsserver.py",
         "fan_out",
     ),
-    ("log", "    per-event INFO log line (_log_event)", "aaeventd/daemon/app.py", "_log_event"),
+    (
+        "log",
+        "    per-event INFO log line",
+        ("aaeventd/daemon/app.py", "aaeventd/daemon/logsetup.py"),
+        ("_log_event", "_event_args", "write_events"),
+    ),
     ("record", "      LogRecord creation (makeRecord)", "logging/__init__.py", "makeRecord"),
     ("caller", "      caller lookup (findCaller)", "logging/__init__.py", "findCaller"),
     ("chain", "      handlers (Logger.callHandlers)", "logging/__init__.py", "callHandlers"),
@@ -589,9 +836,13 @@ PROFILE_POINTS: list[tuple[str, str, str | tuple[str, ...], str]] = [
 ]
 
 
-def _matches(key: tuple[str, int, str], suffix: str | tuple[str, ...], func: str) -> bool:
+def _matches(
+    key: tuple[str, int, str], suffix: str | tuple[str, ...], func: str | tuple[str, ...]
+) -> bool:
     filename = key[0]
-    return key[2] == func and (filename == suffix if suffix == "~" else filename.endswith(suffix))
+    if key[2] != func and (isinstance(func, str) or key[2] not in func):
+        return False
+    return filename == suffix if suffix == "~" else filename.endswith(suffix)
 
 
 def summarize_profile(path: Path, events: int) -> dict[str, Any]:

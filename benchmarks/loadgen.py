@@ -4,9 +4,10 @@ Each function here is the body of one :mod:`multiprocessing` child started by
 ``run_all.py``; it talks to the parent over one ``Pipe`` end only, with small tuples:
 ``("ready", ...)`` once set up, then ``("done", result)`` or ``("error", text)``.
 
-Sources write NDJSON to the server's Unix socket with blocking ``sendall``.  Clients
-are asyncio WebSocket clients, one process holding many connections.  Two client
-implementations exist:
+Sources write NDJSON to the server's Unix socket with blocking ``sendall``: all lines
+at once, or one line per call (several sources at once, the small-batch path).
+Clients are asyncio WebSocket clients, one process holding many connections.  Three
+client implementations exist:
 
 * ``raw`` (the default): a real RFC 6455 client (HTTP upgrade, ``Sec-WebSocket-Accept``
   checked, pings answered with masked pongs) whose receive path only reads frame
@@ -15,6 +16,8 @@ implementations exist:
 * ``websockets``: ``websockets.asyncio.client.connect`` and ``recv()``, the library's
   full per-message path.  Several times dearer per frame; kept to show how much the
   client side weighs.
+* ``probe``: one raw connection that ``json.loads`` every frame and checks that
+  nothing is missing or out of order (:class:`_ProbeClient`).
 
 :class:`StalledClient` is the odd one out: a blocking client, driven by the parent,
 that completes the handshake and then stops reading (the slow-consumer scenario).
@@ -31,6 +34,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import json
 import os
 import re
 import socket
@@ -47,24 +51,25 @@ _T_SEND = re.compile(rb'"t_send": ?(\d+)')
 _OP_TEXT, _OP_CLOSE, _OP_PING, _OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 # The measured event: a known type (so the daemon validates it with its model), about
-# 200 bytes as a source line.  ``%d`` slots: step_index, t_send.
+# ``LINE_BYTES`` as a source line.  Slots: the source's number (in ``skill_id``, which
+# the probe client keys its order check on), step_index, padding, t_send.
 _EVENT_TEMPLATE = (
-    '{"type":"step_completed","skill_name":"bench","skill_id":"bench-0001",'
+    '{"type":"step_completed","skill_name":"bench","skill_id":"bench-%04d",'
     '"step_name":"fetch_issue","step_index":%d,"duration_ms":12.5,"result":"ok",'
     '"output":"%s","t_send":%d}\n'
 )
 LINE_BYTES = 200
 
 
-def _padding() -> str:
-    probe = _EVENT_TEMPLATE % (0, "", 0)
+def _padding(line_bytes: int = LINE_BYTES) -> str:
+    probe = _EVENT_TEMPLATE % (1, 0, "", 0)
     # Sized for a 5-digit index and the width of a monotonic_ns() reading now.
-    return "x" * max(0, LINE_BYTES - len(probe) - 4 - (len(str(time.monotonic_ns())) - 1))
+    return "x" * max(0, line_bytes - len(probe) - 4 - (len(str(time.monotonic_ns())) - 1))
 
 
-def event_line(index: int, t_send: int, pad: str) -> bytes:
-    """One source line (with its ``\\n``): a ``step_completed`` event of ~200 bytes."""
-    return (_EVENT_TEMPLATE % (index, pad, t_send)).encode()
+def event_line(index: int, t_send: int, pad: str, source: int = 1) -> bytes:
+    """One source line (with its ``\\n``): a ``step_completed`` event of ~``LINE_BYTES``."""
+    return (_EVENT_TEMPLATE % (source, index, pad, t_send)).encode()
 
 
 # -- the source ---------------------------------------------------------------------
@@ -75,7 +80,12 @@ class SourcePlan:
     """What one source process sends.
 
     ``rate`` is events per second for a paced (latency) run, or ``None`` to send
-    everything at once as fast as the socket takes it (throughput run).
+    everything as fast as the socket takes it (throughput run): in one ``sendall``,
+    or with ``per_line`` one ``sendall`` per line (one ``send(2)`` each on a blocking
+    Unix socket; the small-batch path several sources take).  ``source`` numbers the
+    source (its ``skill_id``) when several run at once; a paced source starts
+    ``offset_s`` after the start time the parent's ``go`` carries (if it carries one),
+    so that several sources' lines interleave evenly.
     """
 
     socket_path: str
@@ -83,6 +93,10 @@ class SourcePlan:
     rate: float | None
     hello: bool
     timeout: float
+    line_bytes: int = LINE_BYTES
+    source: int = 1
+    per_line: bool = False
+    offset_s: float = 0.0
 
 
 def source_main(pipe: Connection, plan: SourcePlan) -> None:
@@ -96,9 +110,10 @@ def source_main(pipe: Connection, plan: SourcePlan) -> None:
 
 
 def _run_source(pipe: Connection, plan: SourcePlan) -> dict[str, int]:
-    pad = _padding()
+    pad = _padding(plan.line_bytes)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(plan.timeout)
+    src = plan.source
     try:
         sock.connect(plan.socket_path)
         if plan.hello:
@@ -107,19 +122,24 @@ def _run_source(pipe: Connection, plan: SourcePlan) -> dict[str, int]:
             if b'"welcome"' not in welcome:
                 raise RuntimeError(f"no welcome: {welcome[:200]!r}")
         now = time.monotonic_ns()
-        blob = b"".join(event_line(i, now, pad) for i in range(plan.events))
-        pipe.send(("ready", len(blob) // plan.events))
+        lines = [event_line(i, now, pad, src) for i in range(plan.events)]
+        pipe.send(("ready", sum(map(len, lines)) // max(plan.events, 1)))
         if not pipe.poll(plan.timeout):
             raise TimeoutError("no go from the parent")
-        pipe.recv()
+        _, start_at = pipe.recv()
         if plan.rate is None:
             t_first = time.monotonic_ns()
-            sock.sendall(blob)
+            if plan.per_line:
+                for line in lines:
+                    sock.sendall(line)
+            else:
+                sock.sendall(b"".join(lines))
             t_last = time.monotonic_ns()
         else:
+            del lines
             period = 1e9 / plan.rate
-            start = time.monotonic_ns()
-            t_first = start
+            start = (start_at or time.monotonic_ns()) + int(plan.offset_s * 1e9)
+            t_first = 0
             t_last = start
             for i in range(plan.events):
                 delay = (start + i * period - time.monotonic_ns()) / 1e9
@@ -127,7 +147,8 @@ def _run_source(pipe: Connection, plan: SourcePlan) -> dict[str, int]:
                     # Pacing a load generator, not synchronising: nothing to wait on.
                     time.sleep(delay)
                 t_last = time.monotonic_ns()
-                sock.sendall(event_line(i, t_last, pad))
+                t_first = t_first or t_last
+                sock.sendall(event_line(i, t_last, pad, src))
         return {"t_first": t_first, "t_last": t_last}
     finally:
         sock.close()
@@ -141,8 +162,14 @@ class ClientPlan:
     """What one client process does.
 
     ``latency``: record ``receive time - t_send`` per event instead of only the time
-    the last event arrived.  ``kind``: ``raw`` or ``websockets`` (see the module doc).
-    ``path``: the request target, with its query (``/?since=0`` for a replay).
+    the last event arrived (``times``: and each event's ``t_send``).  ``kind``: ``raw``,
+    ``websockets`` (see the module doc) or ``probe`` (one raw connection that decodes
+    every frame and checks the order, see :class:`_ProbeClient`; ``sources``: how
+    many sources share ``events``).  ``path``: the request target, with its query
+    (``/?since=0`` for a replay).  ``events == 0``: idle clients, which stay connected
+    until the parent says ``stop``.  At most ``window`` handshakes are outstanding at
+    once (the daemon closes the oldest past ``websocket.max_pending_handshakes``);
+    ``start_at_ns``: connect no earlier than this ``monotonic_ns()`` reading.
     """
 
     host: str
@@ -153,6 +180,10 @@ class ClientPlan:
     kind: str
     timeout: float
     path: str = "/"
+    times: bool = False
+    sources: int = 1
+    window: int = 16
+    start_at_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -164,6 +195,8 @@ class _Stream:
     last_ns: int = 0
     last_payload: bytes = b""
     latencies: array[int] = field(default_factory=lambda: array("q"))
+    sends: array[int] = field(default_factory=lambda: array("q"))  # t_send, with ``times``
+    probe: dict[str, int] = field(default_factory=dict)  # the probe client's checks
 
 
 def client_main(pipe: Connection, plan: ClientPlan) -> None:
@@ -178,6 +211,10 @@ def client_main(pipe: Connection, plan: ClientPlan) -> None:
 
 async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
     loop = asyncio.get_running_loop()
+    delay = (plan.start_at_ns - time.monotonic_ns()) / 1e9
+    if delay > 0:
+        # Scheduling a load generator (the replay client of a busy run), not synchronising.
+        await asyncio.sleep(delay)
     ready = [loop.create_future() for _ in range(plan.connections)]
     done = [loop.create_future() for _ in range(plan.connections)]
     streams = [_Stream() for _ in range(plan.connections)]
@@ -185,10 +222,13 @@ async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
     tasks: list[asyncio.Task[None]] = []
     try:
         async with asyncio.timeout(plan.timeout):
-            if plan.kind == "raw":
+            if plan.kind in ("raw", "probe"):
+                protocol = _ProbeClient if plan.kind == "probe" else _RawClient
                 for i in range(plan.connections):
+                    if i >= plan.window:
+                        await ready[i - plan.window]
                     transport, _ = await loop.create_connection(
-                        functools.partial(_RawClient, plan, streams[i], ready[i], done[i]),
+                        functools.partial(protocol, plan, streams[i], ready[i], done[i]),
                         plan.host,
                         plan.port,
                     )
@@ -196,15 +236,38 @@ async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
             else:
                 url = f"ws://{plan.host}:{plan.port}{plan.path}"
                 tasks = [
-                    asyncio.create_task(_ws_client(url, plan, streams[i], ready[i], done[i]))
+                    asyncio.create_task(
+                        _ws_client(
+                            url,
+                            plan,
+                            streams[i],
+                            ready[i],
+                            done[i],
+                            ready[i - plan.window] if i >= plan.window else None,
+                        )
+                    )
                     for i in range(plan.connections)
                 ]
             await asyncio.gather(*ready)
         pipe.send(("ready", plan.connections))
         cpu_before = time.process_time()
         async with asyncio.timeout(plan.timeout):
-            await asyncio.gather(*done)
-        summary = _summary(streams, plan.latency)
+            if plan.events:
+                await asyncio.gather(*done)
+            else:  # idle clients: connected until the parent says stop (or one is lost)
+                stop = loop.run_in_executor(None, pipe.poll, plan.timeout)
+                await asyncio.wait([stop, *done], return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    if future.done():
+                        future.result()  # a lost connection: raise its error
+                if not await stop:
+                    raise TimeoutError("idle clients: no stop from the parent")
+                pipe.recv()
+                for future in done:
+                    future.cancel()  # the connections are closed below: not a failure
+        summary = _summary(streams, plan.latency, plan.times)
+        if plan.kind == "probe":
+            summary["probe"] = streams[0].probe
         summary["cpu_s"] = time.process_time() - cpu_before
         pipe.send(("done", summary))
     finally:
@@ -218,7 +281,7 @@ async def _run_clients(pipe: Connection, plan: ClientPlan) -> None:
                 future.exception()  # retrieved: the first one already went to the parent
 
 
-def _summary(streams: list[_Stream], latency: bool) -> dict[str, Any]:
+def _summary(streams: list[_Stream], latency: bool, times: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {
         "frames": [s.frames for s in streams],
         "first_ns": [s.first_ns for s in streams],
@@ -230,16 +293,26 @@ def _summary(streams: list[_Stream], latency: bool) -> dict[str, Any]:
         for s in streams:
             merged.extend(s.latencies)
         result["latencies"] = merged.tobytes()
+    if times:
+        sends = array("q")
+        for s in streams:
+            sends.extend(s.sends)
+        result["sends"] = sends.tobytes()
     return result
 
 
-def _on_event(stream: _Stream, payload: bytes, now: int, latency: bool) -> None:
+def _on_event(
+    stream: _Stream, payload: bytes, now: int, latency: bool, times: bool = False
+) -> None:
     stream.frames += 1
     if latency:
         match = _T_SEND.search(payload)
         if match is None:
             raise RuntimeError(f"event without t_send: {payload[:200]!r}")
-        stream.latencies.append(now - int(match.group(1)))
+        t_send = int(match.group(1))
+        stream.latencies.append(now - t_send)
+        if times:
+            stream.sends.append(t_send)
 
 
 async def _ws_client(
@@ -248,7 +321,10 @@ async def _ws_client(
     stream: _Stream,
     ready: asyncio.Future[None],
     done: asyncio.Future[None],
+    after: asyncio.Future[None] | None,
 ) -> None:
+    if after is not None:  # at most plan.window handshakes outstanding
+        await asyncio.shield(after)
     async with connect(
         url, compression=None, max_size=None, user_agent_header="aaeventd-bench"
     ) as ws:
@@ -367,7 +443,7 @@ class _RawClient(asyncio.Protocol):
             return
         stream = self.stream
         if self.plan.latency:
-            _on_event(stream, bytes(buf[start:end]), now, True)
+            _on_event(stream, bytes(buf[start:end]), now, True, self.plan.times)
         else:
             stream.frames += 1
         if stream.frames == self.plan.events:
@@ -379,6 +455,72 @@ class _RawClient(asyncio.Protocol):
         # Only short control frames (pongs) are sent.
         assert self.transport is not None
         self.transport.write(_masked(opcode, payload))
+
+
+class _ProbeClient(_RawClient):
+    """One raw connection that decodes every frame and checks the order of events.
+
+    Each event frame is ``json.loads``-ed (the cost a real client pays); ``seq`` must
+    go up by exactly one from frame to frame (a jump counts its missing seqs in
+    ``seq_gaps``, a step back or a repeat counts in ``seq_backwards``) and each
+    source's ``step_index`` (the source is the number in ``skill_id``) by one too
+    (``order_errors``).  Latency is read from the decoded ``t_send``.  Done once every
+    event has come, or the last event of every source has (``missing`` says how many
+    did not).
+    """
+
+    def __init__(
+        self,
+        plan: ClientPlan,
+        stream: _Stream,
+        ready: asyncio.Future[None],
+        done: asyncio.Future[None],
+    ) -> None:
+        super().__init__(plan, stream, ready, done)
+        self.last_seq: int | None = None
+        self.next_index = [0] * (plan.sources + 1)
+        self.per_source = plan.events // plan.sources
+        self.finished = 0
+        stream.probe.update(
+            decoded=0, seq_gaps=0, seq_backwards=0, order_errors=0, other=0, missing=0
+        )
+
+    def _text(self, buf: bytearray, start: int, end: int, now: int) -> None:
+        if not self.connected_seen:
+            super()._text(buf, start, end, now)
+            return
+        stream, plan = self.stream, self.plan
+        report = stream.probe
+        payload = bytes(buf[start:end])
+        obj = json.loads(payload)
+        report["decoded"] += 1
+        seq = obj.get("seq")
+        if isinstance(seq, int):
+            if self.last_seq is not None and seq != self.last_seq + 1:
+                if seq > self.last_seq:
+                    report["seq_gaps"] += seq - self.last_seq - 1
+                else:
+                    report["seq_backwards"] += 1
+            self.last_seq = seq if self.last_seq is None else max(seq, self.last_seq)
+        if obj.get("type") != "step_completed" or obj.get("skill_name") != "bench":
+            report["other"] += 1
+            return
+        source, index = int(obj["skill_id"][6:]), obj["step_index"]
+        if index != self.next_index[source]:
+            report["order_errors"] += 1
+        self.next_index[source] = index + 1
+        stream.frames += 1
+        if plan.latency:
+            stream.latencies.append(now - obj["t_send"])
+            if plan.times:
+                stream.sends.append(obj["t_send"])
+        stream.last_ns = now
+        if index == self.per_source - 1:
+            self.finished += 1
+        if (stream.frames == plan.events or self.finished == plan.sources) and not self.done.done():
+            stream.last_payload = payload
+            report["missing"] = plan.events - stream.frames
+            self.done.set_result(None)
 
 
 # -- a client that stops reading -------------------------------------------------------

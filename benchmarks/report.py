@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import ATTEMPTS, METRICS_TIMEOUT, OTHER_LOAD_LIMIT, RETRY_BUDGET
+from harness import ATTEMPTS, METRICS_TIMEOUT, OTHER_LOAD_LIMIT, REPLAY_AT, RETRY_BUDGET
 from scenarios import DAEMON_SLOW_CLIENT_BUFFER, SLOW_CLIENT_BUFFER, Result
 
 # The page as the reader sees it, with a {field} wherever a figure goes.
@@ -345,8 +345,10 @@ def render(
     mach: dict[str, str],
     duration: float,
     retried: float,
+    pipe: dict[str, Any],
 ) -> str:
-    """The whole of ``docs/performance.md`` from a full run's results."""
+    """The whole of ``docs/performance.md`` from a full run's results (and
+    ``pipeline.py``'s figures, ``pipe``)."""
 
     def rate(key: str) -> float:
         return statistics.median(r.events_per_s for r in results[key])
@@ -404,6 +406,8 @@ def render(
         retried=f"{retried:.0f}",
         unretried=f"{(duration - retried) / 60:.1f}",
         retry_budget=f"{RETRY_BUDGET:.0f}",
+        **users_fields(results),
+        **pipeline_fields(results, pipe),
         **_new_sections(results, rate, cpu_us, med),
         repeat=len(results["b"]),
         thr_header=THROUGHPUT_HEADER,
@@ -464,7 +468,7 @@ def suggestions(
 
     log_share = us["log"] / us["process"] * 100
     log = [
-        f"**The per-event log line** (`Daemon._log_event`, `logsetup`) costs "
+        f"**The per-event log line** (`aaeventd.events` at INFO, `logsetup`) costs "
         f"{us['log']:.1f} µs/event profiled, {log_share:.0f} % of line processing in (b). "
         f"Switching it off (logging WARNING) takes the daemon from {rate('a'):,.0f} to "
         f"{rate('v-nolog-1'):,.0f} events/s at 1 client ({cpu_us('a'):.1f} to "
@@ -495,16 +499,22 @@ def suggestions(
             f"  * output: already batched ({flushes:,} stream flushes for {events:,} "
             f"events), nothing to do;"
         )
-    log.append(
-        f"  * LogRecord creation ({us['record']:.1f} µs/event in `makeRecord`) and the "
-        f"handler chain ({us['chain']:.1f} µs/event in `callHandlers`, of which "
-        f"{us['format']:.1f} formatting): generic work the events line does not need. "
-        "Formatting could cache the per-second part of the timestamp; beyond that, the "
-        "events line could skip `Logger.info` altogether: when the handler is the "
-        "daemon's own, format the batch's lines directly and hand them to its stream in "
-        "one write (still one line per event, same format), keeping the normal path for "
-        "every other logger and for foreign handlers."
-    )
+    if us["record"] < small and us["chain"] < small:
+        log.append(
+            f"  * LogRecord creation and the handler chain: skipped ({us['record']:.1f} and "
+            f"{us['chain']:.1f} µs/event in `makeRecord` and `callHandlers`), nothing to do."
+        )
+    else:
+        log.append(
+            f"  * LogRecord creation ({us['record']:.1f} µs/event in `makeRecord`) and the "
+            f"handler chain ({us['chain']:.1f} µs/event in `callHandlers`, of which "
+            f"{us['format']:.1f} formatting): generic work the events line does not need. "
+            "Formatting could cache the per-second part of the timestamp; beyond that, the "
+            "events line could skip `Logger.info` altogether: when the handler is the "
+            "daemon's own, format the batch's lines directly and hand them to its stream "
+            "in one write (still one line per event, same format), keeping the normal path "
+            "for every other logger and for foreign handlers."
+        )
     items.append("\n".join(log))
 
     stamp = [
@@ -522,6 +532,7 @@ def suggestions(
     items.append(" ".join(stamp))
 
     fields = _new_sections(results, rate, cpu_us, lambda key: _median_run(results[key]))
+    users = users_fields(results)
     items.append(
         "**Journal**: one `write(2)` per batch is cheap (logging WARNING, 1 client): "
         f"{fields['j_cost']}. "
@@ -552,9 +563,11 @@ def suggestions(
         f"with a type filter, which adds `json.loads` ({fields['r_loads_pct']} % of the "
         f"reader's time if it ran for every line). The bare read is "
         f"{fields['r_read']} µs/event. Reading the next chunk could also overlap the "
-        "loop's wait on `drain()` (today they alternate). Not measured here: how a "
-        "large replay (the reader thread holds the GIL most of the time) delays live "
-        "events to the other clients."
+        "loop's wait on `drain()` (today they alternate). How much a large replay (the "
+        "reader thread holds the GIL most of the time) delays live events to the other "
+        f"clients: live p99 {users['u_busy_during']} ms during a "
+        f"{users['u_busy_replay']}-event replay against {users['u_busy_without']} ms "
+        f"without (*Where users live*; by round {users['u_busy_rounds']} ms)."
     )
     items.append(
         f"**Slow consumers**: with the client that stopped reading, the other client's "
@@ -564,12 +577,10 @@ def suggestions(
         f"1013 in {fields['s_closed']} runs. Two remarks: until the close the daemon held "
         f"about {fields['s_mb']} MB for it ({fields['s_limit']} in its transport buffer, the "
         "rest in the "
-        "kernel's socket buffers), so 256 clients (`max_clients`) stalling at once could "
-        "pin a gigabyte; a global budget across clients would bound that. And "
-        "`aaeventd_slow_client_disconnects_total` grows when the connection ends, which "
-        "for a client that never reads is `close_timeout` (10 s) after the 1013 close "
-        "frame was queued; counting in `ClientSession.close_slow()` would make it "
-        "immediate."
+        "kernel's socket buffers); what many stalled clients can pin together in the "
+        "daemon is bounded by `websocket.clients_buffer_budget_bytes` (64 MiB by "
+        "default), and `aaeventd_slow_client_disconnects_total` counts a close when "
+        "`ClientSession.close_slow()` starts it."
     )
     items.append(
         f'**The "2x `broadcast()`" target**: state it with its setup (client '
@@ -592,3 +603,339 @@ def suggestions(
     return "\n".join(
         f"{n}. " + item.replace("\n", "\n   ") for n, item in enumerate(items, start=1)
     )
+
+
+# -- issue 14's targets: where users live ---------------------------------------------
+
+USERS_HEADER = (
+    "| target | aaeventd (median) | bare relay (median) | ratio | ratio by round "
+    "| goal | met? |\n"
+    "|---|---:|---:|---:|---|---|---|"
+)
+# (daemon key, what is compared, value of a run, format, goal: "min" ratio >= bound or
+# "max" ratio <= bound, bound)
+USERS_TARGETS: list[tuple[str, str, Callable[[Result], float], str, str, float]] = [
+    ("u-1", "1 client, max rate: events/s delivered", lambda r: r.events_per_s, ",.0f", "min", 0.5),
+    (
+        "u-10",
+        "10 clients at a fixed 2,000 events/s: server CPU, % of a core",
+        lambda r: r.cpu_pct,
+        ".0f",
+        "max",
+        1.0,
+    ),
+    (
+        "u-10",
+        "same: p99 latency source → client, ms",
+        lambda r: r.latency_ms["p99"],
+        ".2f",
+        "max",
+        1.0,
+    ),
+    (
+        "u-100",
+        "100 clients, max rate: events/s to each client",
+        lambda r: r.events_per_s,
+        ",.0f",
+        "min",
+        10.0,
+    ),
+    (
+        "u-idle",
+        "RSS per idle client, {idle} connected, KB",
+        lambda r: r.extra["rss_per_client_kb"],
+        ".1f",
+        "max",
+        1.0,
+    ),
+]
+# The plot's points: (daemon key, baseline key) by number of clients.
+PLOT_KEYS = [
+    ("u-1", "u-1-c"),
+    ("u-10max", "u-10max-c"),
+    ("u-100", "u-100-c"),
+    ("u-1000", "u-1000-c"),
+]
+
+
+def _clients(n: int) -> str:
+    return f"{n:,} client{'s' if n != 1 else ''}"
+
+
+def _rate(r: Result) -> float:
+    return r.events_per_s
+
+
+def _probe_clean(r: Result) -> bool:
+    p = r.extra.get("probe", {})
+    return bool(p) and not (
+        p["seq_gaps"] or p["seq_backwards"] or p["order_errors"] or p["missing"]
+    )
+
+
+def users_fields(results: dict[str, list[Result]]) -> dict[str, str]:
+    """The fields of the "Where users live" section (issue 14's targets)."""
+    rows = []
+    for key, label, value, fmt, goal, bound in USERS_TARGETS:
+        ours, bare = results[key], results[f"{key}-c"]
+        mine = statistics.median(value(r) for r in ours)
+        theirs = statistics.median(value(r) for r in bare)
+        ratio = mine / theirs if theirs else math.inf
+        rounds = ", ".join(
+            f"{value(x) / value(y):.2f}" if value(y) else "∞"
+            for x, y in zip(ours, bare, strict=False)
+        )
+        met = ratio >= bound if goal == "min" else ratio <= bound
+        sign = "≥" if goal == "min" else "≤"
+        rows.append(
+            f"| {label.format(idle=f'{ours[0].scenario.clients:,}')} | {mine:{fmt}} "
+            f"| {theirs:{fmt}} | {ratio:.2f}x | {rounds} | {sign} {bound:g}x "
+            f"| {'**yes**' if met else '**no**'} |"
+        )
+    probed = [r for k in results if k.startswith("u-") for r in results[k] if "probe" in r.extra]
+    ours = [r for r in probed if r.scenario.server == "daemon"]
+    bare = [r for r in probed if r.scenario.server == "baseline"]
+    clean_ours, clean_bare = sum(map(_probe_clean, ours)), sum(map(_probe_clean, bare))
+    rows.append(
+        f"| no loss, no reordering (the probe client, every run above and below) "
+        f"| {clean_ours} of {len(ours)} runs | {clean_bare} of {len(bare)} runs | - | - "
+        f"| all | {'**yes**' if clean_ours == len(ours) else '**no**'} |"
+    )
+
+    def med_of(key: str, value: Callable[[Result], float]) -> float:
+        return statistics.median(value(r) for r in results[key])
+
+    busy, base = results["u-busy"], results["u-busy-base"]
+    during = [r.extra["window_ms"]["p99"] for r in busy]
+    without = [r.extra["window_ms"]["p99"] for r in base]
+    whole = [r.latency_ms["p99"] for r in busy]
+    sc = busy[0].scenario
+    u1 = results["u-1"][0].scenario
+    return {
+        "u_table": "\n".join([USERS_HEADER, *rows]),
+        "u_sources": str(u1.sources),
+        "u_line": f"{results['u-1'][0].line_bytes}",
+        "u_repeat": str(len(results["u-1"])),
+        "u_events_1": f"{u1.events:,}",
+        "u_events_10": f"{results['u-10'][0].scenario.events:,}",
+        "u_seconds_10": f"{results['u-10'][0].scenario.events / 2000:g}",
+        "u_events_100": f"{results['u-100'][0].scenario.events:,}",
+        "u_budget": f"{(u1.buffer_budget or 0) >> 20:,}",
+        "u_probe_p99": f"{med_of('u-10', lambda r: r.extra['probe_ms']['p99']):.2f}",
+        "u_probe_p99_c": f"{med_of('u-10-c', lambda r: r.extra['probe_ms']['p99']):.2f}",
+        "u_busy_replay": f"{sc.replay_events:,}",
+        "u_replay_at": f"{REPLAY_AT:g}",
+        "u_busy_rate": f"{sc.rate or 0:,.0f}",
+        "u_busy_clients": str(sc.clients),
+        "u_busy_seconds": f"{sc.events / (sc.rate or 1):g}",
+        "u_busy_during": f"{statistics.median(during):.2f}",
+        "u_busy_whole": f"{statistics.median(whole):.2f}",
+        "u_busy_without": f"{statistics.median(without):.2f}",
+        "u_busy_rounds": ", ".join(f"{x - y:+.2f}" for x, y in zip(during, without, strict=False)),
+        "u_busy_replay_s": f"{statistics.median(r.extra['replay_s'] for r in busy):.2f}",
+        "u_busy_samples": f"{statistics.median(r.extra['window_ms']['n'] for r in busy):,.0f}",
+        "u_busy_fill": f"{statistics.median(r.extra['fill_rate'] for r in busy):,.0f}",
+        "u_plot": "; ".join(
+            f"{_clients(results[d][0].scenario.clients)}, {med_of(d, _rate):,.0f} against "
+            f"{med_of(c, _rate):,.0f}"
+            for d, c in PLOT_KEYS
+        ),
+    }
+
+
+# -- what each change to the pipeline won ------------------------------------------
+
+# pipeline.py's steps: (key, what, old → new); {batch} is its log batch.
+PIPELINE_STEPS: list[tuple[str, str, str]] = [
+    ("parse", "parse the line", "`json` with the strict rules → `pydantic_core.from_json`"),
+    (
+        "validate",
+        "validate the event",
+        "the union's TypeAdapter, `extra=allow` → the type's own validator, `extra=ignore`",
+    ),
+    (
+        "encode",
+        "stamp `seq` and `timestamp`, frame",
+        "`encode_json` + `ws_text_frame` → `splice_stamps`",
+    ),
+    (
+        "log",
+        "the INFO log line",
+        "`Logger.info` per event → `write_events`, {batch} events a call",
+    ),
+]
+# The loop pair: (key, label).
+LOOP_KEYS = [
+    ("u-10-uvloop", "uvloop (`AAEVENTD_EVENT_LOOP=uvloop`)"),
+    ("u-10-asyncio", "asyncio's own loop (`AAEVENTD_EVENT_LOOP=asyncio`)"),
+]
+
+
+def pipeline_table(result: dict[str, Any]) -> list[str]:
+    """pipeline.py's figures as a markdown table: each step, then the four together."""
+    rows = result["rows"]
+    out = [
+        "| step | old → new | old, µs/event | new, µs/event | saved, µs/event | new / old |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    total_old = total_new = 0.0
+    for key, label, change in PIPELINE_STEPS:
+        old, new = rows[key]["old_us"], rows[key]["new_us"]
+        total_old += old
+        total_new += new
+        out.append(
+            f"| {label} | {change.format(batch=result['log_batch'])} | {old:.2f} | {new:.2f} "
+            f"| {old - new:.2f} | {new / old:.2f} |"
+        )
+    out.append(
+        f"| **the four together** | | {total_old:.2f} | {total_new:.2f} "
+        f"| {total_old - total_new:.2f} | {total_new / total_old:.2f} |"
+    )
+    return out
+
+
+def pipeline_fields(results: dict[str, list[Result]], pipe: dict[str, Any]) -> dict[str, str]:
+    """The fields of "What each change to the pipeline won": pipeline.py, the loops."""
+    rows = pipe["rows"]
+    loop_rows = [
+        "| event loop | server CPU, % of a core | server CPU, µs/event | p99 latency, ms "
+        "| probe's p99, ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+
+    def med(key: str, value: Callable[[Result], float]) -> float:
+        return statistics.median(value(r) for r in results[key])
+
+    def p99(r: Result) -> float:
+        return r.latency_ms["p99"]
+
+    def probe_p99(r: Result) -> float:
+        return float(r.extra["probe_ms"]["p99"])
+
+    def cpu_us(r: Result) -> float:
+        return r.cpu_us_per_event
+
+    def cpu_pct(r: Result) -> float:
+        return r.cpu_pct
+
+    for key, label in LOOP_KEYS:
+        loop_rows.append(
+            f"| {label} | {med(key, cpu_pct):.0f} | {med(key, cpu_us):.1f} "
+            f"| {med(key, p99):.2f} | {med(key, probe_p99):.2f} |"
+        )
+    uv, aio = results[LOOP_KEYS[0][0]], results[LOOP_KEYS[1][0]]
+
+    def by_round(value: Callable[[Result], float]) -> str:
+        return ", ".join(f"{value(x) / value(y):.2f}" for x, y in zip(uv, aio, strict=False))
+
+    union = rows["validate-union"]["old_us"]
+    allow, direct = rows["validate"]["old_us"], rows["validate"]["new_us"]
+    cpu_ratio = med(LOOP_KEYS[0][0], cpu_pct) / med(LOOP_KEYS[1][0], cpu_pct)
+    p99_ratio = med(LOOP_KEYS[0][0], p99) / med(LOOP_KEYS[1][0], p99)
+    loop_rows.append(
+        f"| uvloop / asyncio (by round) | {cpu_ratio:.2f} ({by_round(cpu_pct)}) "
+        f"| | {p99_ratio:.2f} ({by_round(p99)}) | |"
+    )
+    return {
+        "p_table": "\n".join(pipeline_table(pipe)),
+        "p_line": str(pipe["line_bytes"]),
+        "p_number": f"{pipe['number']:,}",
+        "p_repeat": str(pipe["repeat"]),
+        "p_batch": str(pipe["log_batch"]),
+        "p_union": f"{union:.2f}",
+        "p_saved": f"{allow - direct:.2f}",
+        "p_extra": f"{allow - union:.2f}",
+        "p_dispatch": f"{union - direct:.2f}",
+        "l_table": "\n".join(loop_rows),
+        "l_repeat": str(len(uv)),
+        "l_events": f"{uv[0].scenario.events:,}",
+    }
+
+
+def _marker(shape: str, cx: float, cy: float, colour: str) -> str:
+    if shape == "circle":
+        return f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{colour}"/>'
+    return f'<rect x="{cx - 4:.1f}" y="{cy - 4:.1f}" width="8" height="8" fill="{colour}"/>'
+
+
+def clients_svg(results: dict[str, list[Result]]) -> str:
+    """The plot of events/s delivered (to each client) against clients, log-log, as SVG."""
+    width, height = 640, 400
+    left, right, top, bottom = 80, 60, 40, 60
+    series = [
+        ("aaeventd", "#1f77b4", "circle", [d for d, _ in PLOT_KEYS]),
+        ("bare broadcast() relay", "#d62728", "square", [c for _, c in PLOT_KEYS]),
+    ]
+    points = {
+        name: [
+            (results[k][0].scenario.clients, statistics.median(r.events_per_s for r in results[k]))
+            for k in keys
+        ]
+        for name, _, _, keys in series
+    }
+    xs = [x for pts in points.values() for x, _ in pts]
+    ys = [y for pts in points.values() for _, y in pts]
+    x_lo, x_hi = 0, max(1, math.ceil(math.log10(max(xs))))
+    y_lo = math.floor(math.log10(min(ys)))
+    y_hi = max(y_lo + 1, math.ceil(math.log10(max(ys))))
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (math.log10(x) - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(y: float) -> float:
+        return top + plot_h - (math.log10(y) - y_lo) / (y_hi - y_lo) * plot_h
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">'
+        "Events/s delivered to each client, against the number of clients</text>",
+    ]
+    for e in range(x_lo, x_hi + 1):
+        x = px(10**e)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#ddd"/>'
+        )
+        out.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{10**e:,}</text>'
+        )
+    for e in range(y_lo, y_hi + 1):
+        y = py(10**e)
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>'
+        )
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{10**e:,}</text>')
+    out.append(
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+        'stroke="black"/>'
+    )
+    out.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 15}" text-anchor="middle">'
+        "clients (log scale)</text>"
+    )
+    out.append(
+        f'<text x="18" y="{top + plot_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 18 {top + plot_h / 2})">events/s (log scale)</text>'
+    )
+    for i, (name, colour, marker, _) in enumerate(series):
+        pts = points[name]
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for x, y in pts:
+            cx, cy = px(x), py(y)
+            out.append(_marker(marker, cx, cy, colour))
+            # The daemon's values above its points, the relay's below: they may be close.
+            ty = cy - 7 if i == 0 else cy + 17
+            out.append(f'<text x="{cx + 6:.1f}" y="{ty:.1f}" fill="{colour}">{y:,.0f}</text>')
+        ly = top + 16 + i * 18
+        lx = left + plot_w - 190
+        out.append(
+            f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 24}" y2="{ly - 4}" stroke="{colour}" '
+            'stroke-width="2"/>'
+        )
+        out.append(_marker(marker, lx + 12, ly - 4, colour))
+        out.append(f'<text x="{lx + 30}" y="{ly}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
