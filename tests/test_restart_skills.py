@@ -203,3 +203,45 @@ def test_reader_keeps_a_bounded_history(
         kept = [e["skill_id"] for e in skill_history(journal, time.time())]
     assert kept == ["s8", "s9", "s10"], kept
     assert "older ones not read" in caplog.text, caplog.text
+
+
+def test_skills_are_rebuilt_from_lines_as_sources_spell_them() -> None:
+    """Journal lines keep the source's bytes (docs/protocol.md §1.1): spaces around
+    colons (Python's json.dumps), a key spelled with a \\u escape, a key written twice.
+    The skills they start are rebuilt after a restart like those of compact lines."""
+    lines = [
+        json.dumps(started("spaced", session_id="s1")),  # '"skill_id": "spaced"'
+        json.dumps({"type": "step_started", "skill_id": "spaced", "step_index": 2,
+                    "step_name": "fetch", "total_steps": 7}),
+        '{"type":"skill_started","skill_id":"mixed","skill_name":"n","total_steps":3}',
+        '{"type":"step_started","skill_id":"mixed","step_index":1,"step_name":"a",'
+        '"total_steps": 9}',
+        '{"type":"step_started","skill_id":"mixed","step_index":2,"step_name":"b"}',
+        '{"type":"skill_started","skill_id":"escaped","skill_name":"n","total_steps":2}',
+        '{"type":"step_started","skill\\u005fid":"escaped","step_index":4,"step_name":"s"}',
+        '{"type":"skill_started","skill_id":"first","skill_id":"twice","skill_name":"n"}',
+    ]  # fmt: skip
+
+    async def body() -> None:
+        with short_tmpdir() as tmp:
+            cfg = make_config(tmp)
+            async with (
+                running_daemon(cfg) as d,
+                await Source.connect(d.socket_path, hello=HELLO) as src,
+            ):
+                for line in lines:
+                    await src.send_raw(line.encode() + b"\n")
+                    assert (await src.recv())["type"] == "ack"
+            async with running_daemon(cfg) as d, connected_client(d) as (_, connected):
+                skills = {s["skill_id"]: s for s in connected["running_skills"]}
+                want = {"spaced", "mixed", "escaped", "twice"}
+                assert set(skills) == want, connected["running_skills"]
+                assert (skills["spaced"]["current_step"], skills["spaced"]["total_steps"]) == (
+                    2,
+                    7,
+                ), skills["spaced"]
+                assert skills["escaped"]["current_step"] == 4, skills["escaped"]
+                mixed = skills["mixed"]
+                assert (mixed["current_step"], mixed["total_steps"]) == (2, 9), mixed
+
+    run(body())

@@ -191,7 +191,9 @@ Refs = tuple[tuple[str, str], ...]
 # source's own, so one over an hour old means every line before it is too.
 _DAEMON_STAMPED = re.compile(rb',"seq":\d+,"timestamp":"([^"\\]*)"}$')
 # The string fields a flat line with no escapes names its type and skill with (_peek).
-_FLAT_FIELDS = re.compile(rb'"(type|skill_id|session_id|skill_name)":"([^"]*)"')
+# JSON allows whitespace around the colon, and the source's spacing is kept.
+_FLAT_FIELDS = re.compile(rb'"(type|skill_id|session_id|skill_name)"\s*:\s*"([^"]*)"')
+_TOTAL_STEPS = re.compile(rb'"total_steps"\s*:')
 
 
 def skill_history(journal: Journal, now_wall: float) -> list[dict[str, Any]]:
@@ -239,9 +241,10 @@ class _SkillReader:
 
     def feed(self, line: bytes) -> bool:
         """Take the next older line; True once nothing older can change the result."""
-        # Keys are written as is (compact JSON): no "skill_…" or "session_id" key, no
-        # skill named.  A torn line is skipped.
-        if b'"skill_' not in line and b'"session_id"' not in line:
+        # A line is the source's as it wrote it (docs/protocol.md §1.1): a key spelled
+        # plainly, or with a \u escape somewhere.  Neither "skill_…" nor "session_id"
+        # nor an escape: no skill named.  A torn line is skipped.
+        if b'"skill_' not in line and b'"session_id"' not in line and b"\\u" not in line:
             return False
         obj: dict[str, Any] | None = None
         peeked = _peek(line)
@@ -256,7 +259,7 @@ class _SkillReader:
             has_total = "total_steps" in obj
         else:
             kind, refs = peeked
-            has_total = b'"total_steps":' in line
+            has_total = _TOTAL_STEPS.search(line) is not None
         if not refs:
             return False
         # The daemon's stamp is the line's last 60-odd bytes: only the tail is searched.
@@ -316,7 +319,8 @@ def _peek(line: bytes) -> tuple[str, Refs] | None:
     """The type and skill names of a plain line without parsing it, else None.
 
     A plain line is one flat object with no backslash: no string in it holds a quote,
-    so ``"key":"`` appears only as that key (once: the daemon writes no duplicates).
+    so ``"key":"`` appears only as that key (a key the source wrote twice: the last,
+    as a JSON parser reads it).
     """
     if b"\\" in line or line.count(b"{") != 1:
         return None
