@@ -768,6 +768,7 @@ PIPELINE_STEPS: list[tuple[str, str, str]] = [
 LOOP_KEYS = [
     ("u-10-uvloop", "uvloop (`AAEVENTD_EVENT_LOOP=uvloop`)"),
     ("u-10-asyncio", "asyncio's own loop (`AAEVENTD_EVENT_LOOP=asyncio`)"),
+    ("u-10-nojournal", "asyncio's own loop, journal off (`journal.enabled: false`)"),
 ]
 
 
@@ -847,9 +848,37 @@ def pipeline_fields(results: dict[str, list[Result]], pipe: dict[str, Any]) -> d
         "p_extra": f"{allow - union:.2f}",
         "p_dispatch": f"{union - direct:.2f}",
         "l_table": "\n".join(loop_rows),
+        "l_uv_cpu": f"{med('u-10-uvloop', cpu_pct):.0f}",
+        "l_aio_cpu": f"{med('u-10-asyncio', cpu_pct):.0f}",
+        "l_nj_cpu": f"{med('u-10-nojournal', cpu_pct):.0f}",
+        "l_aio_us": f"{med('u-10-asyncio', cpu_us):.0f}",
+        "l_nj_us": f"{med('u-10-nojournal', cpu_us):.0f}",
+        "l_aio_writes": f"{statistics.median(r.writes for r in results['u-10-asyncio']):,.0f}",
+        "l_journal_text": _journal_text(
+            med("u-10-asyncio", cpu_pct),
+            med("u-10-nojournal", cpu_pct),
+            statistics.median(r.cpu_pct for r in results["u-10-c"]),
+        ),
         "l_repeat": str(len(uv)),
         "l_events": f"{uv[0].scenario.events:,}",
     }
+
+
+def _journal_text(with_journal: float, without: float, relay: float) -> str:
+    """What the journal's write explains of the gap to the relay at 10 clients."""
+    gap = with_journal - relay
+    if gap <= 0:
+        return "the daemon is at or below the relay here with the journal too"
+    saved = with_journal - without
+    if without <= relay:
+        return (
+            f"without the journal the daemon is at or below the relay ({without:.0f} % "
+            f"against {relay:.0f} %): the journal's write is what is left between them"
+        )
+    return (
+        f"the journal's write accounts for {saved:.0f} of the {gap:.0f} points between "
+        f"the daemon and the relay ({relay:.0f} %); the rest is the turn of the loop"
+    )
 
 
 def _marker(shape: str, cx: float, cy: float, colour: str) -> str:

@@ -56,7 +56,7 @@ GROUPS = {
     ),
     "idle": ("u-idle", "u-idle-c"),
     # u-10 on each event loop, alternated (the daemon only).
-    "loop": ("u-10-uvloop", "u-10-asyncio"),
+    "loop": ("u-10-uvloop", "u-10-asyncio", "u-10-nojournal"),
     "busy": ("u-busy", "u-busy-base"),
 }
 
@@ -246,7 +246,8 @@ def users_scenarios(quick: bool, repeat: int | None) -> list[Scenario]:
         *pair("u-1", "u-1", 1, 40_000 // k, repeat=r, **burst),
         # 10 clients at a fixed 2,000 events/s in all: server CPU and p99 latency.
         *pair("u-10", "u-10", 10, 10_000 // k, rate=2000, repeat=r, **common),
-        # The same on uvloop and on asyncio's own loop, alternated: what uvloop wins.
+        # The same on uvloop and on asyncio's own loop, and on asyncio without the
+        # journal, alternated: what uvloop wins, what the journal's write costs.
         *(
             Scenario(
                 f"u-10-{loop}",
@@ -260,6 +261,18 @@ def users_scenarios(quick: bool, repeat: int | None) -> list[Scenario]:
                 **common,
             )
             for loop in ("uvloop", "asyncio")
+        ),
+        Scenario(
+            "u-10-nojournal",
+            "daemon",
+            10,
+            10_000 // k,
+            rate=2000,
+            repeat=r,
+            alternate="loop",
+            event_loop="asyncio",
+            journal=False,
+            **common,
         ),
         # 100 clients, as fast as the sources go: events/s to each client.
         *pair("u-100", "u-100", 100, 8_000 // k, repeat=r, **burst),
