@@ -250,7 +250,7 @@ def users_scenarios(quick: bool, repeat: int | None) -> list[Scenario]:
         # journal, alternated: what uvloop wins, what the journal's write costs.
         *(
             Scenario(
-                f"u-10-{loop}",
+                f"u-10-{name}",
                 "daemon",
                 10,
                 10_000 // k,
@@ -258,21 +258,14 @@ def users_scenarios(quick: bool, repeat: int | None) -> list[Scenario]:
                 repeat=r,
                 alternate="loop",
                 event_loop=loop,
+                journal=journal,
                 **common,
             )
-            for loop in ("uvloop", "asyncio")
-        ),
-        Scenario(
-            "u-10-nojournal",
-            "daemon",
-            10,
-            10_000 // k,
-            rate=2000,
-            repeat=r,
-            alternate="loop",
-            event_loop="asyncio",
-            journal=False,
-            **common,
+            for name, loop, journal in (
+                ("uvloop", "uvloop", True),
+                ("asyncio", "asyncio", True),
+                ("nojournal", "asyncio", False),
+            )
         ),
         # 100 clients, as fast as the sources go: events/s to each client.
         *pair("u-100", "u-100", 100, 8_000 // k, repeat=r, **burst),

@@ -272,13 +272,7 @@ def splice_stamps(line: bytes, seq: int, timestamp: str | None) -> tuple[bytes, 
         tail += b',"timestamp":"' + timestamp.encode("ascii") + b'"}'
     else:
         tail += b"}"
-    length = len(body) - 1 + len(tail)
-    if length < 126:
-        header = _HEADER_7.pack(_FIN_TEXT, length)
-    elif length < 0x10000:
-        header = _HEADER_16.pack(_FIN_TEXT, 126, length)
-    else:
-        header = _HEADER_64.pack(_FIN_TEXT, 127, length)
+    header = _text_header(len(body) - 1 + len(tail))
     return b"".join((header, memoryview(body)[:-1], tail)), len(header)
 
 
@@ -288,14 +282,16 @@ def ws_text_frame(payload: bytes) -> bytes:
     Server-to-client frames are never masked (RFC 6455 §5.1), so the result can be
     written as is to every client that should get this payload.
     """
-    length = len(payload)
+    return _text_header(len(payload)) + payload
+
+
+def _text_header(length: int) -> bytes:
+    """The header of a final, unmasked text frame of ``length`` payload bytes."""
     if length < 126:
-        header = _HEADER_7.pack(_FIN_TEXT, length)
-    elif length < 0x10000:
-        header = _HEADER_16.pack(_FIN_TEXT, 126, length)
-    else:
-        header = _HEADER_64.pack(_FIN_TEXT, 127, length)
-    return header + payload
+        return _HEADER_7.pack(_FIN_TEXT, length)
+    if length < 0x10000:
+        return _HEADER_16.pack(_FIN_TEXT, 126, length)
+    return _HEADER_64.pack(_FIN_TEXT, 127, length)
 
 
 def rfc3339_utc(epoch_seconds: float) -> str:
