@@ -91,14 +91,7 @@ class TextFormatter(logging.Formatter):
     """``2026-02-04T10:30:00.123Z INFO aaeventd.app: message [key=value ...]``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        attrs = record.__dict__
-        context = " ".join(f"{k}={attrs[k]}" for k in CONTEXT_KEYS if attrs.get(k) is not None)
-        line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
-        if context:
-            line += f" [{context}]"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+        return f"{_iso(record.created)} {record.levelname} {_message(record, self)}"
 
 
 class JsonFormatter(logging.Formatter):
