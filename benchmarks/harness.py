@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
@@ -416,13 +416,26 @@ def _start_clients(
             sources=scenario.sources,
             start_at_ns=start_at_ns,
         )
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=loadgen.client_main, args=(child, plan), daemon=True)
-        proc.start()
-        child.close()
-        procs.append(proc)
-        pipes.append(parent)
+        pipes.append(_start(ctx, loadgen.client_main, plan, procs))
     return pipes
+
+
+def _start(
+    ctx: SpawnContext,
+    target: Callable[[Connection, Any], None],
+    plan: Any,
+    procs: list[BaseProcess],
+) -> Connection:
+    """Start one load process (``target(pipe, plan)``, :mod:`loadgen`); its pipe end.
+
+    The process joins ``procs``, which the caller stops after the run.
+    """
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, plan), daemon=True)
+    proc.start()
+    child.close()
+    procs.append(proc)
+    return parent
 
 
 def _live(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: Result) -> None:
@@ -443,11 +456,7 @@ def _live(ctx: SpawnContext, server: Server, procs: list[BaseProcess], result: R
             timeout=RUN_TIMEOUT,
             line_bytes=scenario.line,
         )
-        source_pipe, child = ctx.Pipe()
-        proc = ctx.Process(target=loadgen.source_main, args=(child, source_plan), daemon=True)
-        proc.start()
-        child.close()
-        procs.append(proc)
+        source_pipe = _start(ctx, loadgen.source_main, source_plan, procs)
         result.line_bytes = _expect(source_pipe, "ready", START_TIMEOUT + 10)
         cpu_before = server.cpu_seconds()
         writes_before = server.write_calls()
@@ -511,12 +520,7 @@ def _start_sources(
             per_line=True,
             offset_s=k / rate if rate else 0.0,
         )
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=loadgen.source_main, args=(child, plan), daemon=True)
-        proc.start()
-        child.close()
-        procs.append(proc)
-        pipes.append(parent)
+        pipes.append(_start(ctx, loadgen.source_main, plan, procs))
     return pipes
 
 
